@@ -1,0 +1,172 @@
+//! The gateway.toml schema: every key, its default, and how a file becomes a checked `Config`.
+//!
+//! Parsing (`load`) reports unknown keys and type errors with their key path; `validate`
+//! then checks what serde cannot (references between sections, patterns, URLs) and
+//! returns every problem at once, so `fluxgate-host validate` and a failed hot reload
+//! print the same precise list.
+
+mod load;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, Problem, load_file, parse};
+pub use validate::validate;
+
+/// The whole gateway.toml. All sections are optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: the listener, client-facing limits and operator settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on; `--port` overrides the port.
+    pub listen: String,
+    /// Bearer token accepted for management writes from non-loopback clients.
+    pub admin_token: Option<String>,
+    /// Runtime worker threads; 0 = one per available core.
+    pub workers: usize,
+    /// A client must send a complete request head within this time (slowloris guard).
+    /// An idle keep-alive connection is closed after the same time.
+    pub header_read_timeout_ms: u64,
+    /// Longest accepted request target (path + query), else 414.
+    pub max_uri_bytes: usize,
+    /// Most request header fields accepted, else 431.
+    pub max_headers: usize,
+    /// Largest total size of request header names and values, else 431.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_grace_ms: u64,
+    /// One log line per request (target `access`).
+    pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            admin_token: None,
+            workers: 0,
+            header_read_timeout_ms: 15_000,
+            max_uri_bytes: 8 * 1024,
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            shutdown_grace_ms: 10_000,
+            access_log: true,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`: a group of interchangeable targets and how to pick one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    pub balancer: BalancerKind,
+    pub targets: Vec<TargetConfig>,
+    /// Time allowed to open a TCP connection to a target (502/504 after).
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending the request to receiving the response head (504 after).
+    pub request_timeout_ms: u64,
+    /// Idle pooled connections are closed after this time.
+    pub pool_idle_timeout_ms: u64,
+    /// Idle pooled connections kept per target.
+    pub pool_max_idle_per_target: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            balancer: BalancerKind::RoundRobin,
+            targets: Vec::new(),
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_target: 256,
+        }
+    }
+}
+
+/// Load-balancing algorithm of an upstream group.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    IpHash,
+    Random,
+}
+
+/// One target of an upstream group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TargetConfig {
+    /// `http://host:port` (a path is not allowed: use the route's rewrite keys).
+    pub url: String,
+    /// Relative share for weighted balancers (1..=10000).
+    pub weight: u32,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            weight: 1,
+        }
+    }
+}
+
+/// `[[routes]]`: which requests go where, and how they are rewritten on the way.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RouteConfig {
+    /// Label in logs and metrics; defaults to the path pattern.
+    pub name: Option<String>,
+    /// `/literal`, `/:param`, `/{param}`, and a trailing `/*`.
+    pub path: String,
+    /// Allowed methods; empty = any.
+    pub methods: Vec<String>,
+    /// Name of an `[upstreams.NAME]` group.
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub replace_prefix: Option<ReplacePrefix>,
+    /// Send the client's Host header upstream (true) or the target's host:port (false).
+    pub preserve_host: bool,
+    /// Send this Host header upstream instead.
+    pub host_rewrite: Option<String>,
+    /// When set, the route only serves these user ids.
+    pub users: Vec<String>,
+    /// Where the user id comes from, first found wins (`header:NAME`, `query:NAME`,
+    /// `cookie:NAME`, `form:NAME`, `jwt:CLAIM`, `basic:username`, `ip`).
+    pub user_id_key: Vec<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// `replace_prefix = { from = "/v1", to = "/v2" }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ReplacePrefix {
+    pub from: String,
+    pub to: String,
+}
+
+/// Header edits: `remove` runs first, then `set` (which replaces any existing values).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HeaderOps {
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+/// The user id sources used when a route has `users` but no `user_id_key`.
+pub const DEFAULT_USER_ID_KEY: &str = "header:x-user-id";

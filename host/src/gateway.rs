@@ -1,0 +1,153 @@
+//! The gateway's state: the current config snapshot (swapped atomically on reload) and
+//! what outlives snapshots (connection pools, target counters, metrics).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Method};
+use tokio::time::Instant;
+
+use crate::config::{Config, DEFAULT_USER_ID_KEY, ServerConfig};
+use crate::metrics::Metrics;
+use crate::rewrite::{HeaderEdits, PathRewrite};
+use crate::router::{Pattern, RouteSpec, Router};
+use crate::upstream::{UpstreamGroup, UpstreamState};
+use crate::user_id::KeySource;
+
+/// A route as the request path uses it.
+#[derive(Debug)]
+pub struct Route {
+    /// Label in logs and metrics.
+    pub name: Arc<str>,
+    pub upstream: Arc<UpstreamGroup>,
+    pub rewrite: PathRewrite,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub preserve_host: bool,
+    pub host_rewrite: Option<HeaderValue>,
+}
+
+/// One consistent view of the config: a request loads it once and uses it throughout.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Config,
+    pub router: Router,
+    /// Indexed by `RouteMatch::index` (config order).
+    pub routes: Vec<Route>,
+    pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
+}
+
+/// Shared by every connection and the reload watcher.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    upstream_state: UpstreamState,
+    generation: AtomicU64,
+    pub metrics: Metrics,
+    pub started: Instant,
+    /// The address actually bound (after `--port` and port 0 resolution).
+    pub local_addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Builds a gateway from a validated config.
+    pub fn new(config: Config, local_addr: SocketAddr) -> Arc<Self> {
+        let upstream_state = UpstreamState::default();
+        let metrics = Metrics::new();
+        let snapshot = build_snapshot(config, 1, &upstream_state);
+        metrics.config_generation.set(1);
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            upstream_state,
+            generation: AtomicU64::new(1),
+            metrics,
+            started: Instant::now(),
+            local_addr,
+        })
+    }
+
+    /// The snapshot in force now. Hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Swaps in a new validated config; requests already running keep their snapshot.
+    /// Returns the new generation.
+    pub fn apply(&self, config: Config) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = self.snapshot.load();
+        warn_on_restart_only_changes(&old.config.server, &config.server);
+        let snapshot = build_snapshot(config, generation, &self.upstream_state);
+        self.snapshot.store(Arc::new(snapshot));
+        self.metrics.config_generation.set(generation as i64);
+        generation
+    }
+}
+
+fn warn_on_restart_only_changes(old: &ServerConfig, new: &ServerConfig) {
+    if old.listen != new.listen {
+        tracing::warn!(old = %old.listen, new = %new.listen, "server.listen changed: takes effect after a restart");
+    }
+    if old.workers != new.workers {
+        tracing::warn!("server.workers changed: takes effect after a restart");
+    }
+}
+
+fn build_snapshot(config: Config, generation: u64, state: &UpstreamState) -> Snapshot {
+    let upstreams = state.build(&config.upstreams);
+    let default_keys: Arc<[KeySource]> = Arc::from(vec![
+        KeySource::parse(DEFAULT_USER_ID_KEY).unwrap_or(KeySource::Ip),
+    ]);
+    let mut specs = Vec::new();
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        // Validation guarantees the pattern and upstream; a route failing either is
+        // skipped rather than trusted.
+        let (Ok(pattern), Some(upstream)) =
+            (Pattern::parse(&route.path), upstreams.get(&route.upstream))
+        else {
+            continue;
+        };
+        let keys: Vec<KeySource> = route
+            .user_id_key
+            .iter()
+            .filter_map(|k| KeySource::parse(k).ok())
+            .collect();
+        specs.push(RouteSpec {
+            pattern,
+            methods: route
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .collect(),
+            users: route.users.clone(),
+            user_id_key: if keys.is_empty() {
+                default_keys.clone()
+            } else {
+                Arc::from(keys)
+            },
+        });
+        routes.push(Route {
+            name: Arc::from(route.name.as_deref().unwrap_or(&route.path)),
+            upstream: upstream.clone(),
+            rewrite: PathRewrite::from_route(route),
+            request_headers: HeaderEdits::compile(&route.request_headers),
+            response_headers: HeaderEdits::compile(&route.response_headers),
+            preserve_host: route.preserve_host,
+            host_rewrite: route
+                .host_rewrite
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+        });
+    }
+    Snapshot {
+        generation,
+        router: Router::new(specs),
+        routes,
+        upstreams,
+        config,
+    }
+}

@@ -1,0 +1,171 @@
+//! `fluxgate-host`: the gateway binary (CLI parsing, runtime, signals; errors via anyhow).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fluxgate_host::config::{self, Config, ConfigError};
+use fluxgate_host::telemetry::{self, LogFormat};
+use fluxgate_host::{Gateway, reload};
+
+/// FluxGate: a programmable API gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (gateway.toml); without it the gateway runs with defaults on :8080.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Listen port, overriding server.listen's port.
+    #[arg(long, short)]
+    port: Option<u16>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config file: exit 0 if valid, else print every problem and exit 1.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Validate) = cli.command {
+        return validate(cli.config.as_deref());
+    }
+    telemetry::init(cli.log_format, &cli.log_level);
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fluxgate-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: Option<&Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("fluxgate-host validate: --config FILE is required");
+        return ExitCode::from(2);
+    };
+    match config::load_file(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} routes, {} upstreams)",
+                path.display(),
+                config.routes.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Applies `--port` to a config (also to every reloaded one).
+fn override_port(config: &mut Config, port: Option<u16>) {
+    if let Some(port) = port
+        && let Ok(mut addr) = config.server.listen.parse::<SocketAddr>()
+    {
+        addr.set_port(port);
+        config.server.listen = addr.to_string();
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => config::load_file(path)?,
+        None => Config::default(),
+    };
+    override_port(&mut config, cli.port);
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .context("server.listen is not a socket address")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let gateway = Gateway::new(config, local);
+        let _watcher = match &cli.config {
+            Some(path) => {
+                let port = cli.port;
+                Some(
+                    reload::watch(path, gateway.clone(), move |c| override_port(c, port))
+                        .context("watching the config file")?,
+                )
+            }
+            None => None,
+        };
+        tracing::info!(listen = %local, config = ?cli.config, "fluxgate listening");
+        fluxgate_host::run(listener, gateway, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// A listener with SO_REUSEADDR (restart without waiting for TIME_WAIT) and a deep
+/// accept backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,459 @@
+//! The request path, in order. `handle` is the whole story of a request:
+//!
+//! ```text
+//! limits → admin endpoints → path normalisation → route match → forward → response edits
+//! ```
+//!
+//! Each phase is a small function that either passes the request on or returns a
+//! `GatewayError`; errors become HTTP responses in exactly one place
+//! (`GatewayError::into_response`), and every response is measured and logged by the
+//! `RequestLog` attached to its body.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::admin;
+use crate::body::{GatewayBody, ObservedBody, OnBodyEnd};
+use crate::config::ServerConfig;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Route, Snapshot};
+use crate::headers::{add_forwarded, strip_hop_by_hop};
+use crate::metrics::Metrics;
+use crate::router::RouteMatch;
+use crate::upstream::InFlight;
+use crate::user_id::{self, RequestView};
+
+/// Largest form body read to find a `form:` user id.
+const MAX_FORM_BODY: usize = 64 * 1024;
+
+/// The future `handle` returns, boxed once per request for the connection's service.
+pub type HandleFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<ObservedBody>, Infallible>> + Send>>;
+
+/// Handles one request from `peer` and never fails: every error is already a response.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ObservedBody>, Infallible> {
+    let snapshot = gateway.snapshot();
+    let mut log = RequestLog::new(&gateway, &snapshot.config.server, &req, peer.ip());
+    let response = match process(&gateway, &snapshot, req, peer.ip(), &mut log).await {
+        Ok(response) => response,
+        Err(error) => {
+            log.error = Some(error.code());
+            error.into_response()
+        }
+    };
+    log.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ObservedBody::new(body, Some(Box::new(log))),
+    ))
+}
+
+/// The phases, in order.
+async fn process(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    check_limits(&req, &snapshot.config.server)?;
+    if let Some(response) = admin::answer(gateway, snapshot, &req) {
+        log.route = Some(Arc::from("(admin)"));
+        return response;
+    }
+    let path = normalise_path(req.uri().path())?.into_owned();
+    let (req, form) = read_form_if_needed(snapshot, req.map(GatewayBody::streamed)).await?;
+    let found = match_route(snapshot, &req, &path, form.as_deref(), client_ip)?;
+    let route = &snapshot.routes[found.index];
+    log.route = Some(route.name.clone());
+    let response = forward(gateway, route, req, &path, client_ip, log).await?;
+    Ok(edit_response(route, response))
+}
+
+/// Phase 1 — limits. Runs first: refuses request targets and header sections larger
+/// than the `[server]` limits (hyper has already enforced the header count and the
+/// hard buffer limit while parsing).
+fn check_limits<B>(req: &Request<B>, server: &ServerConfig) -> Result<(), GatewayError> {
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > server.max_uri_bytes {
+        return Err(GatewayError::UriTooLong {
+            limit: server.max_uri_bytes,
+        });
+    }
+    if req.headers().len() > server.max_headers {
+        return Err(GatewayError::HeadersTooLarge("the header count limit"));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > server.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge("the header size limit"));
+    }
+    Ok(())
+}
+
+/// Phase 2 — path normalisation. Resolves `.` and `..` segments (also percent-encoded)
+/// so a route cannot be escaped with `/public/../admin`; a path climbing above `/` is
+/// refused. Returns the path routes are matched against and the upstream receives.
+fn normalise_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest("request path must start with '/'"));
+    }
+    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+    let is_dotdot = |s: &str| {
+        s.len() >= 2
+            && s.len() <= 6
+            && matches!(
+                s.to_ascii_lowercase().as_str(),
+                ".." | ".%2e" | "%2e." | "%2e%2e"
+            )
+    };
+    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        if is_dot(segment) {
+            if i == last {
+                out.push("");
+            }
+        } else if is_dotdot(segment) {
+            if out.pop().is_none() {
+                return Err(GatewayError::BadRequest("request path climbs above '/'"));
+            }
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(segment);
+        }
+    }
+    Ok(Cow::Owned(format!("/{}", out.join("/"))))
+}
+
+/// Phase 3 — form body (only when some per-user route identifies users by a form field
+/// and the request is a form post): reads at most 64 KiB so the user id can be found;
+/// the bytes read are what gets forwarded.
+async fn read_form_if_needed(
+    snapshot: &Snapshot,
+    req: Request<GatewayBody>,
+) -> Result<(Request<GatewayBody>, Option<Bytes>), GatewayError> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form || !snapshot.router.uses_form_keys() {
+        return Ok((req, None));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = Limited::new(body, MAX_FORM_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge {
+                    limit: MAX_FORM_BODY,
+                }
+            } else {
+                GatewayError::BadRequest("request body could not be read")
+            }
+        })?
+        .to_bytes();
+    Ok((
+        Request::from_parts(parts, GatewayBody::full(bytes.clone())),
+        Some(bytes),
+    ))
+}
+
+/// Phase 4 — route match: the most specific route for method + path (and user, for
+/// per-user routes), or 404.
+fn match_route(
+    snapshot: &Snapshot,
+    req: &Request<GatewayBody>,
+    path: &str,
+    form: Option<&[u8]>,
+    client_ip: IpAddr,
+) -> Result<RouteMatch, GatewayError> {
+    let view = RequestView {
+        headers: req.headers(),
+        query: req.uri().query(),
+        form,
+        client_ip,
+    };
+    snapshot
+        .router
+        .find(req.method(), path, |keys| user_id::resolve(keys, &view))
+        .ok_or_else(|| GatewayError::NoRoute {
+            method: req.method().to_string(),
+            path: path.to_owned(),
+        })
+}
+
+/// Phase 5 — forward: pick a target, rewrite the request for it, send it on the pooled
+/// client and wait (bounded by the group's request timeout) for the response head. The
+/// request body streams through; so does the response body afterwards.
+async fn forward(
+    gateway: &Gateway,
+    route: &Route,
+    req: Request<GatewayBody>,
+    path: &str,
+    client_ip: IpAddr,
+    log: &mut RequestLog,
+) -> Result<Response<Incoming>, GatewayError> {
+    let group = &route.upstream;
+    log.upstream = Some(group.name.clone());
+    let target = group
+        .pick(client_ip)
+        .ok_or_else(|| GatewayError::NoTarget {
+            upstream: group.name.to_string(),
+        })?;
+    log.target = Some(target.url.clone());
+
+    let (mut parts, body) = req.into_parts();
+    let upstream_path = route.rewrite.apply(path);
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path,
+    };
+    parts.uri = Uri::builder()
+        .scheme(target.addr.scheme.clone())
+        .authority(target.addr.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+
+    let original_host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded(&mut parts.headers, client_ip, original_host.as_ref());
+    route.request_headers.apply(&mut parts.headers);
+    set_host(route, &mut parts.headers, original_host);
+
+    let in_flight = InFlight::start(&target.stats);
+    let sent = tokio::time::timeout(
+        group.request_timeout,
+        group.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let failure = match sent {
+        Ok(Ok(response)) => {
+            log.in_flight = Some(in_flight);
+            return Ok(response);
+        }
+        Err(_elapsed) => GatewayError::UpstreamTimeout {
+            upstream: group.name.to_string(),
+        },
+        Ok(Err(e)) if e.is_connect() && caused_by_timeout(&e) => GatewayError::UpstreamTimeout {
+            upstream: group.name.to_string(),
+        },
+        Ok(Err(e)) if e.is_connect() => GatewayError::UpstreamConnect {
+            upstream: group.name.to_string(),
+        },
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");
+            GatewayError::UpstreamFailed {
+                upstream: group.name.to_string(),
+            }
+        }
+    };
+    in_flight.failed();
+    gateway
+        .metrics
+        .upstream_errors
+        .with_label_values(&[&group.name, failure.code()])
+        .inc();
+    Err(failure)
+}
+
+/// Host sent upstream: the client's (preserve_host), a fixed one (host_rewrite), or none,
+/// in which case the client sets the target's host:port.
+fn set_host(route: &Route, headers: &mut http::HeaderMap, original: Option<HeaderValue>) {
+    headers.remove(header::HOST);
+    if let Some(host) = &route.host_rewrite {
+        headers.insert(header::HOST, host.clone());
+    } else if route.preserve_host
+        && let Some(host) = original
+    {
+        headers.insert(header::HOST, host);
+    }
+}
+
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        if e.to_string().contains("timed out") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Phase 6 — response edits: hop-by-hop headers removed, the route's response header
+/// edits applied; the body streams on untouched.
+fn edit_response(route: &Route, response: Response<Incoming>) -> Response<GatewayBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    route.response_headers.apply(&mut parts.headers);
+    Response::from_parts(parts, GatewayBody::streamed(body))
+}
+
+/// What the access log and metrics record about a request; written when its response
+/// body ends (or is abandoned).
+pub struct RequestLog {
+    metrics: Metrics,
+    access_log: bool,
+    start: Instant,
+    method: Method,
+    path: String,
+    client_ip: IpAddr,
+    status: u16,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    target: Option<Arc<str>>,
+    error: Option<&'static str>,
+    /// Held until the body ends so least_connections counts streaming responses.
+    in_flight: Option<InFlight>,
+}
+
+impl RequestLog {
+    fn new<B>(
+        gateway: &Gateway,
+        server: &ServerConfig,
+        req: &Request<B>,
+        client_ip: IpAddr,
+    ) -> Self {
+        gateway.metrics.in_flight.inc();
+        Self {
+            metrics: gateway.metrics.clone(),
+            access_log: server.access_log,
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            client_ip,
+            status: 0,
+            route: None,
+            upstream: None,
+            target: None,
+            error: None,
+            in_flight: None,
+        }
+    }
+}
+
+impl OnBodyEnd for RequestLog {
+    fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
+        let elapsed = self.start.elapsed();
+        let route = self.route.as_deref().unwrap_or("(none)");
+        let status_buf = itoa_status(self.status);
+        let status = std::str::from_utf8(&status_buf[..]).unwrap_or("0");
+        self.metrics
+            .requests
+            .with_label_values(&[route, status])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        self.metrics.in_flight.dec();
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                method = %self.method,
+                path = %self.path,
+                client = %self.client_ip,
+                route,
+                upstream = self.upstream.as_deref().unwrap_or("-"),
+                target = self.target.as_deref().unwrap_or("-"),
+                status = self.status,
+                bytes,
+                complete,
+                error = self.error.unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
+    }
+}
+
+/// Three ASCII digits of a status code, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved_and_cannot_climb_above_root() {
+        assert_eq!(normalise_path("/a/b").unwrap(), "/a/b");
+        assert_eq!(normalise_path("/public/../admin").unwrap(), "/admin");
+        assert_eq!(normalise_path("/a/./b/%2E%2e/c").unwrap(), "/a/c");
+        assert_eq!(normalise_path("/a/b/..").unwrap(), "/a/");
+        assert!(normalise_path("/../etc/passwd").is_err());
+        assert!(normalise_path("/a/%2e%2e/%2e%2e").is_err());
+        assert!(normalise_path("*").is_err());
+        assert_eq!(normalise_path("/a..b/..c").unwrap(), "/a..b/..c");
+    }
+
+    #[test]
+    fn status_digits() {
+        assert_eq!(&itoa_status(200), b"200");
+        assert_eq!(&itoa_status(504), b"504");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let server = ServerConfig {
+            max_uri_bytes: 10,
+            max_header_bytes: 40,
+            max_headers: 2,
+            ..ServerConfig::default()
+        };
+        let ok = Request::get("/short").header("a", "b").body(()).unwrap();
+        assert!(check_limits(&ok, &server).is_ok());
+        let long = Request::get("/much-too-long-path").body(()).unwrap();
+        assert_eq!(check_limits(&long, &server).unwrap_err().status(), 414);
+        let big = Request::get("/")
+            .header("a", "x".repeat(50))
+            .body(())
+            .unwrap();
+        assert_eq!(check_limits(&big, &server).unwrap_err().status(), 431);
+        let many = Request::get("/")
+            .header("a", "1")
+            .header("b", "2")
+            .header("c", "3")
+            .body(())
+            .unwrap();
+        assert_eq!(check_limits(&many, &server).unwrap_err().status(), 431);
+    }
+}
