@@ -304,6 +304,16 @@ mod tests {
     }
 
     #[test]
+    fn the_order_documented_in_routing_md_holds() {
+        let documented = ["/api/v1/users", "/api/v1/:x", "/api/v1/*", "/api/:v/users", "/api/*", "/*"];
+        for (i, expected) in documented.iter().enumerate() {
+            let mut remaining: Vec<&str> = documented[i..].to_vec();
+            remaining.reverse();
+            assert_eq!(winner(&remaining, "/api/v1/users"), Some(*expected));
+        }
+    }
+
+    #[test]
     fn wildcard_matches_zero_or_more_segments_and_exact_wins_a_tie() {
         assert_eq!(winner(&["/api/*"], "/api"), Some("/api/*"));
         assert_eq!(winner(&["/api/*", "/api"], "/api"), Some("/api"));

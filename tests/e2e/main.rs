@@ -1,1 +1,10 @@
-fn main() {}
+//! End-to-end tests: the real gateway on 127.0.0.1:0, real upstream servers started
+//! in-process, the real binary for CLI, signal and log checks.
+
+mod balancing;
+mod cli;
+mod framing;
+mod proxying;
+mod reload;
+mod routing;
+mod support;

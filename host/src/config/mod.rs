@@ -30,8 +30,6 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on; `--port` overrides the port.
     pub listen: String,
-    /// Bearer token accepted for management writes from non-loopback clients.
-    pub admin_token: Option<String>,
     /// Runtime worker threads; 0 = one per available core.
     pub workers: usize,
     /// A client must send a complete request head within this time (slowloris guard).
@@ -53,7 +51,6 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".to_owned(),
-            admin_token: None,
             workers: 0,
             header_read_timeout_ms: 15_000,
             max_uri_bytes: 8 * 1024,

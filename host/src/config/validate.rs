@@ -112,9 +112,6 @@ fn check_server(config: &Config, out: &mut Vec<Problem>) {
             "must be at most 1048576",
         ));
     }
-    if matches!(&s.admin_token, Some(t) if t.trim().is_empty()) {
-        out.push(Problem::new("server.admin_token", "must not be empty"));
-    }
 }
 
 fn check_route(config: &Config, i: usize, route: &RouteConfig, out: &mut Vec<Problem>) {

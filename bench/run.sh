@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# FluxGate proxy benchmark: direct upstream vs nginx reverse proxy vs fluxgate.
+#
+#   bench/run.sh                         # 50 connections, 10 s per setup
+#   BENCH_CONNS=200 BENCH_DURATION=30 bench/run.sh
+#
+# Layout (2-core machine): the proxy under test is pinned to core 0; wrk and the
+# upstream nginx share core 1. All traffic stays on 127.0.0.1. Everything the script
+# writes goes to bench/out/ (gitignored); the table is also saved to bench/out/results.txt.
+#
+# Environment:
+#   BENCH_CONNS            wrk connections                       (default 50)
+#   BENCH_DURATION         measured run, seconds                 (default 10)
+#   BENCH_WARMUP           warm-up run, seconds                  (default 2)
+#   BENCH_PATH             request path                          (default /)
+#   BENCH_UPSTREAM_PORT    upstream nginx port                   (default 18081)
+#   BENCH_NGINX_PORT       nginx reverse proxy port              (default 18082)
+#   BENCH_FLUXGATE_PORT    fluxgate port                         (default 18083)
+#   BENCH_SETUPS           which setups to run, space-separated  (default "direct nginx fluxgate")
+#   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
+#   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+OUT="$BENCH/out"
+
+CONNS="${BENCH_CONNS:-50}"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+REQ_PATH="${BENCH_PATH:-/}"
+UPSTREAM_PORT="${BENCH_UPSTREAM_PORT:-18081}"
+NGINX_PORT="${BENCH_NGINX_PORT:-18082}"
+FLUXGATE_PORT="${BENCH_FLUXGATE_PORT:-18083}"
+SETUPS="${BENCH_SETUPS:-direct nginx fluxgate}"
+SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
+PERF="${BENCH_PERF:-0}"
+FLUXGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/fluxgate-host"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+for v in CONNS DURATION WARMUP UPSTREAM_PORT NGINX_PORT FLUXGATE_PORT; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
+done
+(( CONNS >= 1 && DURATION >= 1 )) || die "BENCH_CONNS and BENCH_DURATION must be >= 1"
+
+# ---------------------------------------------------------------- cleanup -------------
+PIDS=()
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Stops one process started by this script (and removes it from PIDS).
+stop_pid() {
+    local pid="$1" i p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# ---------------------------------------------------------------- dependencies --------
+SUDO=()
+if (( EUID != 0 )); then
+    command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
+fi
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* manually"
+    log "installing: $*"
+    if ! DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "$@"; then
+        log "install failed; running apt-get update and retrying"
+        "${SUDO[@]}" apt-get update
+        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "$@"
+    fi
+}
+
+ensure_tools() {
+    local missing=() nginx_bin
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    nginx_bin="$(command -v nginx 2>/dev/null || true)"
+    [[ -n "$nginx_bin" || -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+    if (( ${#missing[@]} > 0 )); then
+        apt_install "${missing[@]}"
+    fi
+    NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
+    [[ -x "$NGINX" ]] || die "nginx not found after install"
+    command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
+    command -v cargo >/dev/null 2>&1 || [[ "$SKIP_BUILD" == 1 ]] || die "cargo not found (install a Rust toolchain first)"
+    if (( $(nproc) < 2 )); then
+        log "warning: fewer than 2 cores; the core pinning (0 = proxy, 1 = wrk + upstream) will overlap"
+    fi
+}
+
+# ---------------------------------------------------------------- helpers -------------
+port_in_use() {
+    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# render TEMPLATE DEST key=value...
+render() {
+    local tmpl="$1" dest="$2" expr=() kv
+    shift 2
+    for kv in "$@"; do
+        expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+    done
+    sed "${expr[@]}" "$tmpl" >"$dest"
+}
+
+# start NAME CMD...: starts CMD in the background, logging to out/NAME.log; sets STARTED_PID.
+start() {
+    local name="$1"
+    shift
+    "$@" >"$OUT/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    log "started $name (pid $STARTED_PID): $*"
+}
+
+# wait_ready NAME PID PORT: polls until the server answers 200 "ok" (at most ~10 s).
+wait_ready() {
+    local name="$1" pid="$2" port="$3" i body
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$OUT/$name.log" >&2 || true
+            die "$name exited during startup (log: $OUT/$name.log)"
+        fi
+        if body="$(curl -fsS --max-time 1 "http://127.0.0.1:$port$REQ_PATH" 2>/dev/null)"; then
+            [[ "$body" == "ok" ]] || die "$name answered with an unexpected body: '$body'"
+            log "$name ready on 127.0.0.1:$port"
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$OUT/$name.log" >&2 || true
+    die "$name did not answer on 127.0.0.1:$port within 10 s"
+}
+
+nginx_prefix() {
+    local name="$1"
+    rm -rf "${OUT:?}/$name"
+    mkdir -p "$OUT/$name/logs" "$OUT/$name/tmp"
+    echo "$OUT/$name"
+}
+
+# Converts a wrk latency ("850.00us", "1.23ms", "1.02s", "1.50m") to milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        else if (u != "ms") { print "?"; exit }
+        printf "%.3f", n }'
+}
+
+ROWS=()
+# run_wrk SETUP PORT [PID-to-profile]
+run_wrk() {
+    local setup="$1" port="$2" prof_pid="${3:-}" url="http://127.0.0.1:$2$REQ_PATH" out perf_pid=""
+    out="$OUT/$setup.wrk.txt"
+    log "$setup: warm-up ${WARMUP}s"
+    if (( WARMUP > 0 )); then
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >"$OUT/$setup.warmup.txt" 2>&1
+    fi
+    if [[ "$PERF" == 1 && -n "$prof_pid" ]]; then
+        if command -v perf >/dev/null 2>&1; then
+            perf record -F 999 -g -p "$prof_pid" -o "$OUT/$setup.perf.data" -- sleep "$DURATION" \
+                >"$OUT/$setup.perf.log" 2>&1 &
+            perf_pid=$!
+            PIDS+=("$perf_pid")
+        else
+            log "perf not found; skipping profile"
+        fi
+    fi
+    log "$setup: measuring -c$CONNS -d${DURATION}s $url"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" 2>&1
+    if [[ -n "$perf_pid" ]]; then
+        wait "$perf_pid" 2>/dev/null || true
+        stop_pid "$perf_pid"
+        perf report -i "$OUT/$setup.perf.data" --no-children --percent-limit 0.5 --stdio \
+            >"$OUT/$setup.perf.txt" 2>/dev/null || true
+        log "$setup: profile in $OUT/$setup.perf.txt"
+    fi
+
+    local rps p50 p99 non2xx sockerr
+    rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
+    p50="$(awk '$1 == "50%" {print $2}' "$out")"
+    p99="$(awk '$1 == "99%" {print $2}' "$out")"
+    non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")"
+    sockerr="$(awk -F'Socket errors: ' '/Socket errors:/ {print $2}' "$out")"
+    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || { cat "$out" >&2; die "$setup: cannot parse wrk output"; }
+    ROWS+=("$setup|$rps|$(to_ms "$p50")|$(to_ms "$p99")|${non2xx:-0}|${sockerr:-none}")
+}
+
+# ---------------------------------------------------------------- main ----------------
+ensure_tools
+mkdir -p "$OUT"
+cd "$ROOT"
+
+if [[ " $SETUPS " == *" fluxgate "* ]]; then
+    if [[ "$SKIP_BUILD" == 1 ]]; then
+        log "BENCH_SKIP_BUILD=1: using existing $FLUXGATE_BIN"
+    else
+        log "building fluxgate-host (release)"
+        cargo build --release -p fluxgate-host
+    fi
+    [[ -x "$FLUXGATE_BIN" ]] || die "$FLUXGATE_BIN not found"
+fi
+
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$FLUXGATE_PORT"; do
+    port_in_use "$p" && die "port $p is already in use on 127.0.0.1 (set BENCH_*_PORT)"
+done
+
+# Upstream: nginx on core 1 (shared with wrk).
+prefix="$(nginx_prefix upstream)"
+render "$BENCH/nginx-upstream.conf.tmpl" "$prefix/nginx.conf" PREFIX="$prefix" PORT="$UPSTREAM_PORT"
+start upstream taskset -c 1 "$NGINX" -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf"
+wait_ready upstream "$STARTED_PID" "$UPSTREAM_PORT"
+
+for setup in $SETUPS; do
+    case "$setup" in
+        direct)
+            run_wrk direct "$UPSTREAM_PORT"
+            ;;
+        nginx)
+            prefix="$(nginx_prefix nginx-proxy)"
+            render "$BENCH/nginx-proxy.conf.tmpl" "$prefix/nginx.conf" \
+                PREFIX="$prefix" PORT="$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+            start nginx-proxy taskset -c 0 "$NGINX" -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf"
+            pid="$STARTED_PID"
+            wait_ready nginx-proxy "$pid" "$NGINX_PORT"
+            run_wrk nginx "$NGINX_PORT"
+            stop_pid "$pid"
+            ;;
+        fluxgate)
+            render "$BENCH/fluxgate.toml.tmpl" "$OUT/fluxgate.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+            start fluxgate taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/fluxgate.toml"
+            pid="$STARTED_PID"
+            wait_ready fluxgate "$pid" "$FLUXGATE_PORT"
+            run_wrk fluxgate "$FLUXGATE_PORT" "$pid"
+            stop_pid "$pid"
+            ;;
+        *)
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate)"
+            ;;
+    esac
+done
+
+# ---------------------------------------------------------------- report --------------
+{
+    printf '# %s  conns=%s duration=%ss warmup=%ss path=%s  commit=%s\n' \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$CONNS" "$DURATION" "$WARMUP" "$REQ_PATH" \
+        "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf '%-10s %12s %10s %10s %9s  %s\n' setup 'req/s' 'p50(ms)' 'p99(ms)' 'non-2xx' 'socket errors'
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r s rps p50 p99 non2xx sockerr <<<"$row"
+        printf '%-10s %12s %10s %10s %9s  %s\n' "$s" "$rps" "$p50" "$p99" "$non2xx" "$sockerr"
+    done
+} | tee "$OUT/results.txt"
+log "raw wrk output: $OUT/*.wrk.txt; table: $OUT/results.txt"

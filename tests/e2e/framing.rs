@@ -1,0 +1,124 @@
+//! Framing and client limits over raw TCP: no ambiguous framing is forwarded, slow
+//! clients are cut off with 408, oversized heads get 414/431.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::upstream::Upstream;
+use crate::support::{TestGateway, client, config_with, get, raw_exchange, read_until_close};
+
+async fn gateway(server: &str) -> (Upstream, TestGateway) {
+    let up = Upstream::start("u").await;
+    let config = config_with(
+        &[("g", &[up.addr], "")],
+        &format!("[server]\n{server}\n[[routes]]\npath = \"/*\"\nupstream = \"g\"\n"),
+    );
+    let gw = TestGateway::start(&config).await;
+    (up, gw)
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_normalised_to_chunked() {
+    let (up, gw) = gateway("").await;
+    // A classic smuggling attempt: CL says 4 bytes, chunked framing carries a whole
+    // second request after them.
+    let attack = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let response = raw_exchange(gw.addr, attack, Duration::from_secs(2)).await;
+    assert!(status_line(&response).contains(" 200 "), "{response}");
+    // The upstream saw the chunked body (empty) and no Content-Length.
+    assert!(response.contains(r#""body":"""#), "{response}");
+    assert!(!response.contains(r#""content-length""#), "{response}");
+    // The connection was closed after the response, so the tail was never parsed.
+    assert!(!response.contains("/smuggled"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        1,
+        "no smuggled request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn conflicting_or_malformed_content_length_is_400() {
+    let (up, gw) = gateway("").await;
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3x\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    ] {
+        let response = raw_exchange(gw.addr, request, Duration::from_secs(2)).await;
+        assert!(
+            status_line(&response).contains(" 400 "),
+            "{:?} got {response:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn equal_duplicate_content_lengths_are_folded_into_one() {
+    let (_up, gw) = gateway("").await;
+    let response = raw_exchange(
+        gw.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(status_line(&response).contains(" 200 "), "{response}");
+    assert!(response.contains(r#""content-length":["3"]"#), "{response}");
+    assert!(response.contains(r#""body":"abc""#), "{response}");
+}
+
+#[tokio::test]
+async fn slow_clients_get_408_while_others_are_served() {
+    let (_up, gw) = gateway("header_read_timeout_ms = 300").await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Trickle bytes while another client is served normally.
+    let c = client();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = slow.write_all(b"a").await;
+        assert_eq!(get(&c, &gw.url("/fine"), &[]).await.status, 200);
+    }
+    let response = read_until_close(&mut slow, Duration::from_secs(3)).await;
+    assert!(status_line(&response).contains(" 408 "), "{response:?}");
+    assert!(response.contains("request_timeout"), "{response}");
+
+    // An idle keep-alive connection is closed quietly, not answered with a 408.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    let quiet = read_until_close(&mut idle, Duration::from_secs(3)).await;
+    assert_eq!(quiet, "");
+}
+
+#[tokio::test]
+async fn long_targets_and_big_header_sections_are_refused() {
+    let (up, gw) = gateway("max_uri_bytes = 64\nmax_headers = 10\nmax_header_bytes = 512").await;
+    let c = client();
+    let long = get(&c, &gw.url(&format!("/{}", "a".repeat(100))), &[]).await;
+    assert_eq!(long.status, 414);
+    assert_eq!(long.json()["error"], "uri_too_long");
+    let big = get(&c, &gw.url("/"), &[("x-big", &"b".repeat(600))]).await;
+    assert_eq!(big.status, 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let response = raw_exchange(gw.addr, many.as_bytes(), Duration::from_secs(2)).await;
+    assert!(status_line(&response).contains(" 431 "), "{response}");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}

@@ -1,0 +1,209 @@
+//! Test support: real upstream servers, a real gateway on port 0, and HTTP clients.
+
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fluxgate_host::Gateway;
+use fluxgate_host::reload::{self, ConfigWatcher};
+use http::{HeaderMap, Request, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Every wait in these tests gives up after this long rather than hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A gateway running in-process on 127.0.0.1:0 with its config file watched.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub config_path: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _watcher: ConfigWatcher,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts a gateway from config text (its `server.listen` is ignored: port 0 is used).
+    pub async fn start(config_text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config_text).expect("write config");
+        let config = fluxgate_host::config::parse(config_text).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let gateway = Gateway::new(config, addr);
+        let watcher = reload::watch(&config_path, gateway.clone(), |_| {}).expect("watch");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(fluxgate_host::run(listener, gateway.clone(), async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            gateway,
+            config_path,
+            shutdown: Some(tx),
+            task: Some(task),
+            _watcher: watcher,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Rewrites the config file and waits until the gateway has swapped it in.
+    pub async fn reconfigure(&self, text: &str) {
+        let before = self.gateway.snapshot().generation;
+        std::fs::write(&self.config_path, text).expect("write config");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.gateway.snapshot().generation == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "config was not reloaded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Begins shutdown without waiting.
+    pub fn begin_stop(&mut self) -> JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("running")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pooled keep-alive client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and reads the whole response, failing the test after PATIENCE.
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Reply {
+    let response = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET with optional extra headers.
+pub async fn get(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(Full::new(Bytes::new())).expect("request")).await
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it (or
+/// `read_for` passes), returning everything received.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], read_for: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    read_until_close(&mut stream, read_for).await
+}
+
+pub async fn read_until_close(stream: &mut TcpStream, read_for: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + read_for;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request body fed chunk by chunk from the test.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// Minimal config with one upstream group `name` over `targets` and the given routes.
+pub fn config_with(upstreams: &[(&str, &[SocketAddr], &str)], routes: &str) -> String {
+    let mut text = String::new();
+    for (name, targets, extra) in upstreams {
+        let list: Vec<String> = targets
+            .iter()
+            .map(|a| format!("{{ url = \"http://{a}\" }}"))
+            .collect();
+        text.push_str(&format!(
+            "[upstreams.{name}]\ntargets = [{}]\n{extra}\n",
+            list.join(", ")
+        ));
+    }
+    text.push_str(routes);
+    text
+}

@@ -1,0 +1,224 @@
+//! A real HTTP upstream on 127.0.0.1:0 that reports what it received.
+//!
+//! Paths:
+//! - `/slow/MS/...`   answers after MS milliseconds
+//! - `/status/N/...`  answers with status N
+//! - `/hop`           answers with hop-by-hop headers that must not reach the client
+//! - `/stream`        sends "first", waits for `release_stream`, then sends "second"
+//! - `/upload`        reports the request body's first chunk on `first_chunks`, then
+//!   echoes the whole body
+//! - anything else    JSON echo: name, method, path, query, headers, body
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    /// Requests answered so far.
+    pub requests: Arc<AtomicUsize>,
+    pub release_stream: Arc<Notify>,
+    pub first_chunks: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Shared {
+    name: String,
+    delay: Duration,
+    requests: Arc<AtomicUsize>,
+    release_stream: Arc<Notify>,
+    first_chunks: mpsc::UnboundedSender<Bytes>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        Self::start_with_delay(name, Duration::ZERO).await
+    }
+
+    /// An upstream that waits `delay` before answering every request.
+    pub async fn start_with_delay(name: &str, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve(name, listener, delay)
+    }
+
+    fn serve(name: &str, listener: TcpListener, delay: Duration) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let release_stream = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            delay,
+            requests: requests.clone(),
+            release_stream: release_stream.clone(),
+            first_chunks: tx,
+        });
+        let conns = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(shared.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            release_stream,
+            first_chunks: tokio::sync::Mutex::new(rx),
+            task,
+        }
+    }
+}
+
+type Reply = Response<UpstreamBody>;
+
+async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    if !shared.delay.is_zero() {
+        tokio::time::sleep(shared.delay).await;
+    }
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut status = StatusCode::OK;
+    match parts.as_slice() {
+        ["slow", ms, ..] => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        ["status", code, ..] => {
+            status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+        }
+        ["hop"] => {
+            return Ok(Response::builder()
+                .header("connection", "x-upstream-secret")
+                .header("x-upstream-secret", "hidden")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-authenticate", "Basic")
+                .header("x-upstream", &shared.name)
+                .body(UpstreamBody::full("hop"))
+                .expect("response"));
+        }
+        ["stream"] => {
+            let (tx, rx) = mpsc::channel(2);
+            let release = shared.release_stream.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first")).await;
+                release.notified().await;
+                let _ = tx.send(Bytes::from_static(b"second")).await;
+            });
+            return Ok(Response::new(UpstreamBody::Channel(rx)));
+        }
+        ["upload"] => {
+            let mut body = req.into_body();
+            let mut all = Vec::new();
+            let mut first = true;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Some(data) = frame.data_ref() {
+                    if first {
+                        let _ = shared.first_chunks.send(data.clone());
+                        first = false;
+                    }
+                    all.extend_from_slice(data);
+                }
+            }
+            return Ok(Response::new(UpstreamBody::full(all)));
+        }
+        _ => {}
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let echo = serde_json::json!({
+        "upstream": shared.name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", &shared.name)
+        .body(UpstreamBody::full(echo.to_string()))
+        .expect("response"))
+}
+
+/// Fixed or channel-fed response body.
+pub enum UpstreamBody {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl UpstreamBody {
+    fn full(data: impl Into<Bytes>) -> Self {
+        UpstreamBody::Full(Some(data.into()))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut *self {
+            UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBody::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c)))),
+        }
+    }
+}
