@@ -11,7 +11,7 @@ use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use crate::config::{Config, DEFAULT_USER_ID_KEY, ServerConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::rewrite::{HeaderEdits, PathRewrite};
 use crate::router::{Pattern, RouteSpec, Router};
 use crate::upstream::{UpstreamGroup, UpstreamState};
@@ -20,8 +20,8 @@ use crate::user_id::KeySource;
 /// A route as the request path uses it.
 #[derive(Debug)]
 pub struct Route {
-    /// Label in logs and metrics.
-    pub name: Arc<str>,
+    /// Label in logs and metrics, with the metric handles for it.
+    pub metrics: Arc<RouteMetrics>,
     pub upstream: Arc<UpstreamGroup>,
     pub rewrite: PathRewrite,
     pub request_headers: HeaderEdits,
@@ -47,6 +47,9 @@ pub struct Gateway {
     upstream_state: UpstreamState,
     generation: AtomicU64,
     pub metrics: Metrics,
+    /// Metrics of requests that matched no route, and of management requests.
+    pub unrouted_metrics: Arc<RouteMetrics>,
+    pub admin_metrics: Arc<RouteMetrics>,
     pub started: Instant,
     /// The address actually bound (after `--port` and port 0 resolution).
     pub local_addr: SocketAddr,
@@ -57,9 +60,11 @@ impl Gateway {
     pub fn new(config: Config, local_addr: SocketAddr) -> Arc<Self> {
         let upstream_state = UpstreamState::default();
         let metrics = Metrics::new();
-        let snapshot = build_snapshot(config, 1, &upstream_state);
+        let snapshot = build_snapshot(config, 1, &upstream_state, &metrics);
         metrics.config_generation.set(1);
         Arc::new(Self {
+            unrouted_metrics: metrics.for_route("(none)"),
+            admin_metrics: metrics.for_route("(admin)"),
             snapshot: ArcSwap::from_pointee(snapshot),
             upstream_state,
             generation: AtomicU64::new(1),
@@ -80,7 +85,7 @@ impl Gateway {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let old = self.snapshot.load();
         warn_on_restart_only_changes(&old.config.server, &config.server);
-        let snapshot = build_snapshot(config, generation, &self.upstream_state);
+        let snapshot = build_snapshot(config, generation, &self.upstream_state, &self.metrics);
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.config_generation.set(generation as i64);
         generation
@@ -96,7 +101,12 @@ fn warn_on_restart_only_changes(old: &ServerConfig, new: &ServerConfig) {
     }
 }
 
-fn build_snapshot(config: Config, generation: u64, state: &UpstreamState) -> Snapshot {
+fn build_snapshot(
+    config: Config,
+    generation: u64,
+    state: &UpstreamState,
+    metrics: &Metrics,
+) -> Snapshot {
     let upstreams = state.build(&config.upstreams);
     let default_keys: Arc<[KeySource]> = Arc::from(vec![
         KeySource::parse(DEFAULT_USER_ID_KEY).unwrap_or(KeySource::Ip),
@@ -131,7 +141,7 @@ fn build_snapshot(config: Config, generation: u64, state: &UpstreamState) -> Sna
             },
         });
         routes.push(Route {
-            name: Arc::from(route.name.as_deref().unwrap_or(&route.path)),
+            metrics: metrics.for_route(route.name.as_deref().unwrap_or(&route.path)),
             upstream: upstream.clone(),
             rewrite: PathRewrite::from_route(route),
             request_headers: HeaderEdits::compile(&route.request_headers),

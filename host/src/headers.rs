@@ -1,7 +1,5 @@
 //! Proxy header hygiene: hop-by-hop headers removed both ways, X-Forwarded-* added.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
@@ -20,46 +18,61 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers and every header named in `Connection`. `Upgrade` is
 /// removed too: this gateway does not proxy protocol upgrades yet.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names present, instead of a hashed removal per candidate:
+    // most messages carry none, and most of the rest only `Connection: keep-alive`.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || *name == header::UPGRADE)
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // Connection options that are not header names we would keep anyway.
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case("keep-alive")
+                && !token.eq_ignore_ascii_case("close")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named {
+    for name in present.iter().chain(&named) {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Appends the client to `X-Forwarded-For` (keeping earlier hops, comma-joined into one
-/// field) and sets `X-Forwarded-Host` (the Host the client asked for) and
-/// `X-Forwarded-Proto`.
+/// Appends the client (`client`, its address as a header value) to `X-Forwarded-For`,
+/// keeping earlier hops comma-joined into one field, and sets `X-Forwarded-Host` (the
+/// Host the client asked for) and `X-Forwarded-Proto`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client: &HeaderValue,
     original_host: Option<&HeaderValue>,
 ) {
-    let client = client_ip.to_string();
-    let mut chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    chain.push(&client);
-    let joined = chain.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        chain.push(client.to_str().unwrap_or("unknown"));
+        if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
     }
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -89,8 +102,9 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["x-keep", "content-length"]);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "x-keep"]);
     }
 
     #[test]
@@ -103,10 +117,15 @@ mod tests {
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("api.example");
-        add_forwarded(&mut h, "9.9.9.9".parse().unwrap(), Some(&host));
+        add_forwarded(&mut h, &HeaderValue::from_static("9.9.9.9"), Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 9.9.9.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-host"], "api.example");
         assert_eq!(h["x-forwarded-proto"], "http");
+
+        let mut fresh = HeaderMap::new();
+        add_forwarded(&mut fresh, &HeaderValue::from_static("::1"), None);
+        assert_eq!(fresh["x-forwarded-for"], "::1");
+        assert!(fresh.get("x-forwarded-host").is_none());
     }
 }

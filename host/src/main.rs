@@ -10,6 +10,11 @@ use fluxgate_host::config::{self, Config, ConfigError};
 use fluxgate_host::telemetry::{self, LogFormat};
 use fluxgate_host::{Gateway, reload};
 
+// mimalloc: glibc malloc showed up at ~5% of a proxied request's CPU; mimalloc's
+// thread-local free lists make the per-request allocations (heads, header maps) cheaper.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// FluxGate: a programmable API gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -102,8 +107,14 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         .listen
         .parse()
         .context("server.listen is not a socket address")?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
+    // One worker: a current-thread runtime, whose task wake-ups need no cross-thread
+    // synchronisation (measurably cheaper per proxied request than a 1-thread pool).
+    let mut runtime = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
         runtime.worker_threads(config.server.workers);
     }
     let runtime = runtime

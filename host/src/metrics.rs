@@ -1,8 +1,16 @@
 //! Prometheus metrics: one registry per gateway, rendered as text at `/metrics`.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// Statuses whose counters are cached per route; others are looked up by label.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 101,
+];
 
 /// All metrics the gateway exports.
 #[derive(Clone)]
@@ -83,12 +91,46 @@ impl Metrics {
         metrics
     }
 
+    /// Metric handles for one route label, resolved once instead of per request.
+    pub fn for_route(&self, label: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            label: Arc::from(label),
+            duration: self.request_duration.with_label_values(&[label]),
+            requests: self.requests.clone(),
+            common: Default::default(),
+        })
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric data, which we never create.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One route's request counters and latency histogram. Counters for common statuses
+/// are created on first use (so /metrics lists only statuses that happened) and cached.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub label: Arc<str>,
+    duration: Histogram,
+    requests: IntCounterVec,
+    common: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+}
+
+impl RouteMetrics {
+    /// Counts one answered request and its latency.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let label = |s: u16| [&*self.label, &s.to_string()].map(str::to_owned);
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.common[i]
+                .get_or_init(|| self.requests.with_label_values(&label(status)))
+                .inc(),
+            None => self.requests.with_label_values(&label(status)).inc(),
+        }
     }
 }
 
@@ -105,15 +147,24 @@ mod tests {
     #[test]
     fn renders_prefixed_metrics() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["r", "200"]).inc();
-        m.request_duration.with_label_values(&["r"]).observe(0.002);
+        let route = m.for_route("r");
+        route.record(200, 0.002);
+        route.record(599, 0.002);
         let text = m.render();
+        assert!(
+            text.contains("fluxgate_requests_total{route=\"r\",status=\"599\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("status=\"404\""),
+            "unused statuses are not listed: {text}"
+        );
         assert!(
             text.contains("fluxgate_requests_total{route=\"r\",status=\"200\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("fluxgate_request_duration_seconds_bucket{route=\"r\",le=\"0.0025\"} 1"),
+            text.contains("fluxgate_request_duration_seconds_bucket{route=\"r\",le=\"0.0025\"} 2"),
             "{text}"
         );
     }

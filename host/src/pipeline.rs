@@ -27,9 +27,9 @@ use crate::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route, Snapshot};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
-use crate::metrics::Metrics;
+use crate::metrics::RouteMetrics;
 use crate::router::RouteMatch;
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Target};
 use crate::user_id::{self, RequestView};
 
 /// Largest form body read to find a `form:` user id.
@@ -39,15 +39,34 @@ const MAX_FORM_BODY: usize = 64 * 1024;
 pub type HandleFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Response<ObservedBody>, Infallible>> + Send>>;
 
+/// The client end of a connection, with its address rendered once for X-Forwarded-For.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip();
+        Self {
+            ip,
+            // An IP address is always a valid header value.
+            forwarded_for: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// Handles one request from `peer` and never fails: every error is already a response.
 pub async fn handle(
     gateway: Arc<Gateway>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Result<Response<ObservedBody>, Infallible> {
     let snapshot = gateway.snapshot();
-    let mut log = RequestLog::new(&gateway, &snapshot.config.server, &req, peer.ip());
-    let response = match process(&gateway, &snapshot, req, peer.ip(), &mut log).await {
+    let mut log = RequestLog::new(gateway.clone(), &snapshot.config.server, &req, peer.ip);
+    let response = match process(&gateway, &snapshot, req, &peer, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             log.error = Some(error.code());
@@ -67,20 +86,20 @@ async fn process(
     gateway: &Gateway,
     snapshot: &Snapshot,
     req: Request<Incoming>,
-    client_ip: IpAddr,
+    peer: &Peer,
     log: &mut RequestLog,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_limits(&req, &snapshot.config.server)?;
     if let Some(response) = admin::answer(gateway, snapshot, &req) {
-        log.route = Some(Arc::from("(admin)"));
+        log.route = Some(gateway.admin_metrics.clone());
         return response;
     }
     let path = normalise_path(req.uri().path())?.into_owned();
     let (req, form) = read_form_if_needed(snapshot, req.map(GatewayBody::streamed)).await?;
-    let found = match_route(snapshot, &req, &path, form.as_deref(), client_ip)?;
+    let found = match_route(snapshot, &req, &path, form.as_deref(), peer.ip)?;
     let route = &snapshot.routes[found.index];
-    log.route = Some(route.name.clone());
-    let response = forward(gateway, route, req, &path, client_ip, log).await?;
+    log.route = Some(route.metrics.clone());
+    let response = forward(gateway, route, req, &path, peer, log).await?;
     Ok(edit_response(route, response))
 }
 
@@ -216,23 +235,32 @@ async fn forward(
     route: &Route,
     req: Request<GatewayBody>,
     path: &str,
-    client_ip: IpAddr,
+    peer: &Peer,
     log: &mut RequestLog,
 ) -> Result<Response<Incoming>, GatewayError> {
     let group = &route.upstream;
     log.upstream = Some(group.name.clone());
-    let target = group
-        .pick(client_ip)
-        .ok_or_else(|| GatewayError::NoTarget {
-            upstream: group.name.to_string(),
-        })?;
+    let target = group.pick(peer.ip).ok_or_else(|| GatewayError::NoTarget {
+        upstream: group.name.to_string(),
+    })?;
     log.target = Some(target.url.clone());
 
     let (mut parts, body) = req.into_parts();
-    let upstream_path = route.rewrite.apply(path);
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{upstream_path}?{q}"),
-        None => upstream_path,
+    // Unchanged path: reuse the client's path+query as is (no re-encoding, no copy).
+    let path_and_query: http::uri::PathAndQuery = match parts.uri.path_and_query() {
+        Some(original) if route.rewrite.is_identity() && original.path() == path => {
+            original.clone()
+        }
+        original => {
+            let upstream_path = route.rewrite.apply(path);
+            let joined = match original.and_then(|pq| pq.query()) {
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path,
+            };
+            joined
+                .parse()
+                .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?
+        }
     };
     parts.uri = Uri::builder()
         .scheme(target.addr.scheme.clone())
@@ -244,9 +272,13 @@ async fn forward(
 
     let original_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, client_ip, original_host.as_ref());
+    add_forwarded(
+        &mut parts.headers,
+        &peer.forwarded_for,
+        original_host.as_ref(),
+    );
     route.request_headers.apply(&mut parts.headers);
-    set_host(route, &mut parts.headers, original_host);
+    set_host(route, target, &mut parts.headers, original_host);
 
     let in_flight = InFlight::start(&target.stats);
     let sent = tokio::time::timeout(
@@ -284,17 +316,20 @@ async fn forward(
     Err(failure)
 }
 
-/// Host sent upstream: the client's (preserve_host), a fixed one (host_rewrite), or none,
-/// in which case the client sets the target's host:port.
-fn set_host(route: &Route, headers: &mut http::HeaderMap, original: Option<HeaderValue>) {
-    headers.remove(header::HOST);
-    if let Some(host) = &route.host_rewrite {
-        headers.insert(header::HOST, host.clone());
-    } else if route.preserve_host
-        && let Some(host) = original
-    {
-        headers.insert(header::HOST, host);
-    }
+/// Host sent upstream: the client's (preserve_host), a fixed one (host_rewrite), or the
+/// target's host:port.
+fn set_host(
+    route: &Route,
+    target: &Target,
+    headers: &mut http::HeaderMap,
+    original: Option<HeaderValue>,
+) {
+    let host = match (&route.host_rewrite, route.preserve_host, original) {
+        (Some(fixed), _, _) => fixed.clone(),
+        (None, true, Some(original)) => original,
+        _ => target.host_header.clone(),
+    };
+    headers.insert(header::HOST, host);
 }
 
 fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -325,14 +360,16 @@ fn edit_response(route: &Route, response: Response<Incoming>) -> Response<Gatewa
 /// What the access log and metrics record about a request; written when its response
 /// body ends (or is abandoned).
 pub struct RequestLog {
-    metrics: Metrics,
+    gateway: Arc<Gateway>,
     access_log: bool,
     start: Instant,
     method: Method,
-    path: String,
+    /// Kept only when access logging is on.
+    path: Option<String>,
     client_ip: IpAddr,
     status: u16,
-    route: Option<Arc<str>>,
+    /// The matched route (or the admin pseudo-route); `None` = no route matched.
+    route: Option<Arc<RouteMetrics>>,
     upstream: Option<Arc<str>>,
     target: Option<Arc<str>>,
     error: Option<&'static str>,
@@ -342,18 +379,18 @@ pub struct RequestLog {
 
 impl RequestLog {
     fn new<B>(
-        gateway: &Gateway,
+        gateway: Arc<Gateway>,
         server: &ServerConfig,
         req: &Request<B>,
         client_ip: IpAddr,
     ) -> Self {
         gateway.metrics.in_flight.inc();
         Self {
-            metrics: gateway.metrics.clone(),
+            gateway,
             access_log: server.access_log,
             start: Instant::now(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: server.access_log.then(|| req.uri().path().to_owned()),
             client_ip,
             status: 0,
             route: None,
@@ -368,25 +405,19 @@ impl RequestLog {
 impl OnBodyEnd for RequestLog {
     fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
         let elapsed = self.start.elapsed();
-        let route = self.route.as_deref().unwrap_or("(none)");
-        let status_buf = itoa_status(self.status);
-        let status = std::str::from_utf8(&status_buf[..]).unwrap_or("0");
-        self.metrics
-            .requests
-            .with_label_values(&[route, status])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
-        self.metrics.in_flight.dec();
+        let route = self
+            .route
+            .as_ref()
+            .unwrap_or(&self.gateway.unrouted_metrics);
+        route.record(self.status, elapsed.as_secs_f64());
+        self.gateway.metrics.in_flight.dec();
         if self.access_log {
             tracing::info!(
                 target: "access",
                 method = %self.method,
-                path = %self.path,
+                path = self.path.as_deref().unwrap_or("-"),
                 client = %self.client_ip,
-                route,
+                route = &*route.label,
                 upstream = self.upstream.as_deref().unwrap_or("-"),
                 target = self.target.as_deref().unwrap_or("-"),
                 status = self.status,
@@ -397,16 +428,6 @@ impl OnBodyEnd for RequestLog {
             );
         }
     }
-}
-
-/// Three ASCII digits of a status code, without allocating.
-fn itoa_status(status: u16) -> [u8; 3] {
-    let s = status.min(999);
-    [
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]
 }
 
 #[cfg(test)]
@@ -423,12 +444,6 @@ mod tests {
         assert!(normalise_path("/a/%2e%2e/%2e%2e").is_err());
         assert!(normalise_path("*").is_err());
         assert_eq!(normalise_path("/a..b/..c").unwrap(), "/a..b/..c");
-    }
-
-    #[test]
-    fn status_digits() {
-        assert_eq!(&itoa_status(200), b"200");
-        assert_eq!(&itoa_status(504), b"504");
     }
 
     #[test]

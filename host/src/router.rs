@@ -305,7 +305,14 @@ mod tests {
 
     #[test]
     fn the_order_documented_in_routing_md_holds() {
-        let documented = ["/api/v1/users", "/api/v1/:x", "/api/v1/*", "/api/:v/users", "/api/*", "/*"];
+        let documented = [
+            "/api/v1/users",
+            "/api/v1/:x",
+            "/api/v1/*",
+            "/api/:v/users",
+            "/api/*",
+            "/*",
+        ];
         for (i, expected) in documented.iter().enumerate() {
             let mut remaining: Vec<&str> = documented[i..].to_vec();
             remaining.reverse();

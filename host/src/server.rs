@@ -74,7 +74,7 @@ pub async fn serve(
 #[derive(Clone)]
 struct GatewayService {
     gateway: Arc<Gateway>,
-    peer: SocketAddr,
+    peer: pipeline::Peer,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewayService {
@@ -83,7 +83,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
     type Future = pipeline::HandleFuture;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        Box::pin(pipeline::handle(self.gateway.clone(), req, self.peer))
+        Box::pin(pipeline::handle(
+            self.gateway.clone(),
+            req,
+            self.peer.clone(),
+        ))
     }
 }
 
@@ -107,13 +111,21 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
         // hyper answers 431 itself past these; the finer limits are checked per request.
         .max_headers(server.max_headers.max(1))
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes + 4096).max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        // Responses are mostly small: one flattened write beats a writev of the parts.
+        .writev(false);
     let io = TokioIo::new(TrackedStream {
         inner: stream,
         partial: partial.clone(),
     });
     Connection {
-        conn: builder.serve_connection(io, GatewayService { gateway, peer }),
+        conn: builder.serve_connection(
+            io,
+            GatewayService {
+                gateway,
+                peer: pipeline::Peer::new(peer),
+            },
+        ),
         spare,
         partial,
     }

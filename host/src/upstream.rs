@@ -93,6 +93,9 @@ impl Drop for InFlight {
 pub struct Target {
     pub url: Arc<str>,
     pub addr: TargetAddr,
+    /// `host:port` as a Host header value, built once (the client would format it per
+    /// request).
+    pub host_header: http::HeaderValue,
     pub weight: u32,
     pub stats: Arc<TargetStats>,
     id_hash: u64,
@@ -111,6 +114,9 @@ pub struct UpstreamGroup {
 impl UpstreamGroup {
     /// Picks a target for a request from `client_ip`.
     pub fn pick(&self, client_ip: IpAddr) -> Option<&Target> {
+        if self.targets.len() == 1 {
+            return self.targets.first();
+        }
         let candidates: Vec<Candidate> = self
             .targets
             .iter()
@@ -164,6 +170,7 @@ impl UpstreamState {
                     let s = stats.get(&key).cloned().unwrap_or_default();
                     kept_stats.insert(key.clone(), s.clone());
                     Some(Target {
+                        host_header: http::HeaderValue::from_str(addr.authority.as_str()).ok()?,
                         id_hash: stable_hash(key.as_bytes()),
                         url: Arc::from(key),
                         addr,
@@ -205,6 +212,8 @@ fn new_client(settings: &ClientSettings) -> HttpClient {
     connector.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
     connector.set_keepalive(Some(Duration::from_secs(60)));
     Client::builder(TokioExecutor::new())
+        // Requests are small: one flattened write beats a writev of head + body parts.
+        .http1_writev(false)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_millis(settings.pool_idle_timeout_ms))
