@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 use crate::pipeline;
@@ -38,13 +39,10 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let connection = connection(stream, peer, gateway.clone());
-                    let watched = graceful.watch(connection.conn);
-                    let spare = connection.spare;
-                    let partial = connection.partial;
+                    let watched = graceful.watch(connection(stream, peer, gateway.clone()));
                     tokio::spawn(async move {
                         if let Err(e) = watched.await {
-                            finish_failed(e, spare, &partial, peer);
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
                 }
@@ -75,6 +73,7 @@ pub async fn serve(
 struct GatewayService {
     gateway: Arc<Gateway>,
     peer: pipeline::Peer,
+    state: Arc<ConnState>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewayService {
@@ -83,6 +82,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
     type Future = pipeline::HandleFuture;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        // hyper calls us once a whole head is parsed: from here on this is no longer a
+        // slow head.
+        self.state.busy.store(true, Ordering::Relaxed);
         Box::pin(pipeline::handle(
             self.gateway.clone(),
             req,
@@ -91,23 +93,17 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
     }
 }
 
-struct Connection {
-    conn: http1::Connection<TokioIo<TrackedStream>, GatewayService>,
-    /// A second handle on the socket, to answer 408 after hyper gave up on it.
-    spare: Option<socket2::Socket>,
-    /// True while request bytes have arrived that no response has followed yet.
-    partial: Arc<AtomicBool>,
-}
+type Connection = http1::Connection<TokioIo<TrackedStream>, GatewayService>;
 
 fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Connection {
     let _ = stream.set_nodelay(true);
-    let spare = socket2::SockRef::from(&stream).try_clone().ok();
-    let partial = Arc::new(AtomicBool::new(false));
     let server = gateway.snapshot().config.server.clone();
+    let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
+    let state = Arc::new(ConnState::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(server.header_read_timeout_ms))
+        .header_read_timeout(header_timeout)
         // hyper answers 431 itself past these; the finer limits are checked per request.
         .max_headers(server.max_headers.max(1))
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes + 4096).max(8192))
@@ -116,46 +112,65 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
         .writev(false);
     let io = TokioIo::new(TrackedStream {
         inner: stream,
-        partial: partial.clone(),
+        peer,
+        state: state.clone(),
+        head_started: false,
+        idle_since: Instant::now(),
+        header_timeout,
     });
-    Connection {
-        conn: builder.serve_connection(
-            io,
-            GatewayService {
-                gateway,
-                peer: pipeline::Peer::new(peer),
-            },
-        ),
-        spare,
-        partial,
-    }
+    builder.serve_connection(
+        io,
+        GatewayService {
+            gateway,
+            peer: pipeline::Peer::new(peer),
+            state,
+        },
+    )
 }
 
-fn finish_failed(
-    error: hyper::Error,
-    spare: Option<socket2::Socket>,
-    partial: &AtomicBool,
-    peer: SocketAddr,
-) {
-    if error.is_timeout() {
-        // Only a client caught mid-request gets a 408: an idle keep-alive connection is
-        // closed quietly, as a client reusing it could take a 408 for its next request.
-        if partial.load(Ordering::Relaxed)
-            && let Some(socket) = spare
-        {
-            tracing::info!(%peer, "request head not received in time: 408");
-            let _ = socket.send(REQUEST_TIMEOUT_RESPONSE);
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-    } else {
-        tracing::debug!(%peer, error = %error, "connection ended with an error");
-    }
+/// Shared between a connection's socket and its service.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// A request head was parsed and its response is not written yet.
+    busy: AtomicBool,
 }
 
-/// The client socket, noting whether a request is partly read (for the 408 decision).
+/// The client socket. It notes when a request head has started arriving, so that when
+/// hyper drops a connection whose head did not complete within the header read timeout,
+/// the client is told why (408) instead of seeing a bare close. hyper itself closes such
+/// connections silently. An idle keep-alive connection is closed quietly: a client
+/// reusing it could take a 408 as the answer to its next request.
 struct TrackedStream {
     inner: TcpStream,
-    partial: Arc<AtomicBool>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    /// Bytes of a new request head have arrived since the last response.
+    head_started: bool,
+    /// When the last response was written (hyper's header timer starts about then).
+    idle_since: Instant,
+    header_timeout: Duration,
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        if self.head_started
+            && !self.state.busy.load(Ordering::Relaxed)
+            && self.idle_since.elapsed() >= self.header_timeout
+        {
+            tracing::info!(peer = %self.peer, "request head not received in time: 408");
+            // Best effort on a non-blocking socket: a tiny write into an empty buffer.
+            let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+        }
+    }
+}
+
+impl TrackedStream {
+    /// Response bytes went out: the connection is (about to be) idle again.
+    fn wrote(&mut self) {
+        self.head_started = false;
+        self.state.busy.store(false, Ordering::Relaxed);
+        self.idle_since = Instant::now();
+    }
 }
 
 impl AsyncRead for TrackedStream {
@@ -166,8 +181,11 @@ impl AsyncRead for TrackedStream {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.partial.store(true, Ordering::Relaxed);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && !self.state.busy.load(Ordering::Relaxed)
+        {
+            self.head_started = true;
         }
         polled
     }
@@ -181,7 +199,7 @@ impl AsyncWrite for TrackedStream {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.partial.store(false, Ordering::Relaxed);
+            self.wrote();
         }
         polled
     }
@@ -193,7 +211,7 @@ impl AsyncWrite for TrackedStream {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.partial.store(false, Ordering::Relaxed);
+            self.wrote();
         }
         polled
     }

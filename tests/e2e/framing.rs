@@ -105,6 +105,35 @@ async fn slow_clients_get_408_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_stalled_second_request_on_a_keep_alive_connection_gets_408() {
+    let (_up, gw) = gateway("header_read_timeout_ms = 300").await;
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the first (complete, JSON echo) response.
+    while !String::from_utf8_lossy(&first).contains("\"upstream\":\"u\"") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+        )
+        .await
+        .expect("first response in time")
+        .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&first));
+        first.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"));
+    conn.write_all(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let response = read_until_close(&mut conn, Duration::from_secs(3)).await;
+    assert!(status_line(&response).contains(" 408 "), "{response:?}");
+}
+
+#[tokio::test]
 async fn long_targets_and_big_header_sections_are_refused() {
     let (up, gw) = gateway("max_uri_bytes = 64\nmax_headers = 10\nmax_header_bytes = 512").await;
     let c = client();
