@@ -16,7 +16,10 @@
 #   BENCH_UPSTREAM_PORT    upstream nginx port                   (default 18081)
 #   BENCH_NGINX_PORT       nginx reverse proxy port              (default 18082)
 #   BENCH_FLUXGATE_PORT    fluxgate port                         (default 18083)
-#   BENCH_SETUPS           which setups to run, space-separated  (default "direct nginx fluxgate")
+#   BENCH_SETUPS           which setups to run, space-separated
+#                          (default "direct nginx fluxgate fg-rewrite fg-auth-rewrite":
+#                          fg-rewrite = fluxgate + header-rewrite plugin,
+#                          fg-auth-rewrite = fluxgate + api-key-auth + header-rewrite)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
 #   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt)
 set -euo pipefail
@@ -32,7 +35,7 @@ REQ_PATH="${BENCH_PATH:-/}"
 UPSTREAM_PORT="${BENCH_UPSTREAM_PORT:-18081}"
 NGINX_PORT="${BENCH_NGINX_PORT:-18082}"
 FLUXGATE_PORT="${BENCH_FLUXGATE_PORT:-18083}"
-SETUPS="${BENCH_SETUPS:-direct nginx fluxgate}"
+SETUPS="${BENCH_SETUPS:-direct nginx fluxgate fg-rewrite fg-auth-rewrite}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
 FLUXGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/fluxgate-host"
@@ -148,7 +151,7 @@ wait_ready() {
             tail -n 20 "$OUT/$name.log" >&2 || true
             die "$name exited during startup (log: $OUT/$name.log)"
         fi
-        if body="$(curl -fsS --max-time 1 "http://127.0.0.1:$port$REQ_PATH" 2>/dev/null)"; then
+        if body="$(curl -fsS --max-time 1 -H "$API_KEY_HEADER" "http://127.0.0.1:$port$REQ_PATH" 2>/dev/null)"; then
             [[ "$body" == "ok" ]] || die "$name answered with an unexpected body: '$body'"
             log "$name ready on 127.0.0.1:$port"
             return 0
@@ -175,6 +178,43 @@ to_ms() {
         printf "%.3f", n }'
 }
 
+# Every request carries an API key (the api-key-auth setup needs it; others ignore it).
+API_KEY_HEADER="x-api-key: bench-key"
+
+# plugin_quantiles SETUP PORT: p50/p99 of each plugin hook call, from the gateway's own
+# fluxgate_plugin_call_duration_seconds histogram (measured on the request path).
+plugin_quantiles() {
+    local setup="$1" port="$2"
+    curl -fsS --max-time 2 "http://127.0.0.1:$port/metrics" >"$OUT/$setup.metrics.txt" || return 0
+    python3 - "$OUT/$setup.metrics.txt" <<'PY' | tee -a "$OUT/plugin-calls.txt"
+import re, sys
+buckets = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'fluxgate_plugin_call_duration_seconds_bucket\{hook="([^"]+)",le="([^"]+)",plugin="([^"]+)"\} (\d+)', line)
+    if m:
+        hook, le, plugin, n = m.groups()
+        buckets.setdefault((plugin, hook), []).append((float('inf') if le == '+Inf' else float(le), int(n)))
+def quantile(bs, q):
+    bs.sort()
+    total = bs[-1][1]
+    if total == 0:
+        return None
+    want, prev_le, prev_n = q * total, 0.0, 0
+    for le, n in bs:
+        if n >= want:
+            if le == float('inf'):
+                return prev_le
+            return prev_le + (le - prev_le) * (want - prev_n) / max(n - prev_n, 1)
+        prev_le, prev_n = le, n
+for (plugin, hook), bs in sorted(buckets.items()):
+    total = max(n for _, n in bs)
+    if total == 0:
+        continue
+    p50, p99 = quantile(bs, 0.5), quantile(bs, 0.99)
+    print(f"  plugin {plugin:15} {hook:12} calls {total:9}  p50 {p50*1e6:7.2f} us  p99 {p99*1e6:7.2f} us")
+PY
+}
+
 ROWS=()
 # run_wrk SETUP PORT [PID-to-profile]
 run_wrk() {
@@ -182,7 +222,7 @@ run_wrk() {
     out="$OUT/$setup.wrk.txt"
     log "$setup: warm-up ${WARMUP}s"
     if (( WARMUP > 0 )); then
-        taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >"$OUT/$setup.warmup.txt" 2>&1
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$API_KEY_HEADER" "$url" >"$OUT/$setup.warmup.txt" 2>&1
     fi
     if [[ "$PERF" == 1 && -n "$prof_pid" ]]; then
         if command -v perf >/dev/null 2>&1; then
@@ -195,7 +235,7 @@ run_wrk() {
         fi
     fi
     log "$setup: measuring -c$CONNS -d${DURATION}s $url"
-    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" 2>&1
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$API_KEY_HEADER" "$url" >"$out" 2>&1
     if [[ -n "$perf_pid" ]]; then
         wait "$perf_pid" 2>/dev/null || true
         stop_pid "$perf_pid"
@@ -219,7 +259,18 @@ ensure_tools
 mkdir -p "$OUT"
 cd "$ROOT"
 
-if [[ " $SETUPS " == *" fluxgate "* ]]; then
+if [[ " $SETUPS " == *" fg-"* ]]; then
+    log "building the plugins (wasm32-wasip2, release)"
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+    (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2)
+    PLUGIN_DIR="$OUT/plugins.d"
+    rm -rf "$PLUGIN_DIR" && mkdir -p "$PLUGIN_DIR"
+    cp "$ROOT/plugins/target/wasm32-wasip2/release/header_rewrite.wasm" "$PLUGIN_DIR/header-rewrite.wasm"
+    cp "$ROOT/plugins/target/wasm32-wasip2/release/api_key_auth.wasm" "$PLUGIN_DIR/api-key-auth.wasm"
+fi
+: >"$OUT/plugin-calls.txt"
+
+if [[ " $SETUPS " == *" f"* ]]; then
     if [[ "$SKIP_BUILD" == 1 ]]; then
         log "BENCH_SKIP_BUILD=1: using existing $FLUXGATE_BIN"
     else
@@ -263,8 +314,23 @@ for setup in $SETUPS; do
             run_wrk fluxgate "$FLUXGATE_PORT" "$pid"
             stop_pid "$pid"
             ;;
+        fg-rewrite | fg-auth-rewrite)
+            rewrite='{ name = "header-rewrite", config = { request = { set = { x-bench = "1" } }, response = { set = { x-served-by = "fluxgate" } } } }'
+            auth='{ name = "api-key-auth", config = { keys = { "bench-key" = "bench" } } }'
+            chain="$rewrite"
+            [[ "$setup" == fg-auth-rewrite ]] && chain="$auth, $rewrite"
+            render "$BENCH/fluxgate-plugins.toml.tmpl" "$OUT/$setup.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" PLUGIN_DIR="$PLUGIN_DIR" CHAIN="$chain"
+            start "$setup" taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/$setup.toml"
+            pid="$STARTED_PID"
+            wait_ready "$setup" "$pid" "$FLUXGATE_PORT"
+            run_wrk "$setup" "$FLUXGATE_PORT" "$pid"
+            echo "$setup:" >>"$OUT/plugin-calls.txt"
+            plugin_quantiles "$setup" "$FLUXGATE_PORT"
+            stop_pid "$pid"
+            ;;
         *)
-            die "unknown setup '$setup' (expected direct, nginx, fluxgate)"
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-rewrite, fg-auth-rewrite)"
             ;;
     esac
 done
@@ -274,10 +340,14 @@ done
     printf '# %s  conns=%s duration=%ss warmup=%ss path=%s  commit=%s\n' \
         "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$CONNS" "$DURATION" "$WARMUP" "$REQ_PATH" \
         "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    printf '%-10s %12s %10s %10s %9s  %s\n' setup 'req/s' 'p50(ms)' 'p99(ms)' 'non-2xx' 'socket errors'
+    printf '%-16s %12s %10s %10s %9s  %s\n' setup 'req/s' 'p50(ms)' 'p99(ms)' 'non-2xx' 'socket errors'
     for row in "${ROWS[@]}"; do
         IFS='|' read -r s rps p50 p99 non2xx sockerr <<<"$row"
-        printf '%-10s %12s %10s %10s %9s  %s\n' "$s" "$rps" "$p50" "$p99" "$non2xx" "$sockerr"
+        printf '%-16s %12s %10s %10s %9s  %s\n' "$s" "$rps" "$p50" "$p99" "$non2xx" "$sockerr"
     done
+    if [[ -s "$OUT/plugin-calls.txt" ]]; then
+        echo "plugin hook calls (gateway histogram, includes instance checkout/return):"
+        cat "$OUT/plugin-calls.txt"
+    fi
 } | tee "$OUT/results.txt"
 log "raw wrk output: $OUT/*.wrk.txt; table: $OUT/results.txt"

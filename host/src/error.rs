@@ -30,6 +30,19 @@ pub enum GatewayError {
     UpstreamTimeout { upstream: String },
     #[error("upstream \"{upstream}\" failed")]
     UpstreamFailed { upstream: String },
+    #[error("upstream response is larger than {limit} bytes, the most plugins may buffer")]
+    ResponseTooLarge { limit: usize },
+    #[error("plugin \"{plugin}\" failed ({kind})")]
+    Plugin { plugin: String, kind: &'static str },
+}
+
+impl From<crate::plugins::PluginFailure> for GatewayError {
+    fn from(f: crate::plugins::PluginFailure) -> Self {
+        GatewayError::Plugin {
+            plugin: f.plugin.to_string(),
+            kind: f.error.kind(),
+        }
+    }
 }
 
 impl GatewayError {
@@ -46,6 +59,11 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Plugin { kind, .. } if *kind == "not_loaded" => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -62,6 +80,8 @@ impl GatewayError {
             GatewayError::UpstreamConnect { .. } => "upstream_connect",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
+            GatewayError::ResponseTooLarge { .. } => "response_too_large",
+            GatewayError::Plugin { .. } => "plugin_failed",
         }
     }
 

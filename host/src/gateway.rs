@@ -10,8 +10,9 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
-use crate::config::{Config, DEFAULT_USER_ID_KEY, ServerConfig};
+use crate::config::{Config, DEFAULT_USER_ID_KEY, PluginRef, PluginsConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::plugins::{ChainEntry, Limits, PluginHost};
 use crate::rewrite::{HeaderEdits, PathRewrite};
 use crate::router::{Pattern, RouteSpec, Router};
 use crate::upstream::{UpstreamGroup, UpstreamState};
@@ -28,6 +29,8 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     pub preserve_host: bool,
     pub host_rewrite: Option<HeaderValue>,
+    /// The route's own plugin chain (runs after the global one).
+    pub plugins: Vec<ChainEntry>,
 }
 
 /// One consistent view of the config: a request loads it once and uses it throughout.
@@ -39,6 +42,29 @@ pub struct Snapshot {
     /// Indexed by `RouteMatch::index` (config order).
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
+    /// `[plugins] global`: runs first on every routed request.
+    pub global_plugins: Vec<ChainEntry>,
+}
+
+impl Snapshot {
+    /// Every (config, limits) plugin `name` is used with, so a new version can be
+    /// initialised with each before it goes into service.
+    pub fn plugin_uses(&self, name: &str) -> Vec<(Arc<str>, Limits)> {
+        let mut uses: Vec<(Arc<str>, Limits)> = Vec::new();
+        let entries = self
+            .global_plugins
+            .iter()
+            .chain(self.routes.iter().flat_map(|r| r.plugins.iter()));
+        for entry in entries.filter(|e| &*e.name == name) {
+            if !uses
+                .iter()
+                .any(|(c, l)| *c == entry.config_json && *l == entry.limits)
+            {
+                uses.push((entry.config_json.clone(), entry.limits));
+            }
+        }
+        uses
+    }
 }
 
 /// Shared by every connection and the reload watcher.
@@ -47,6 +73,8 @@ pub struct Gateway {
     upstream_state: UpstreamState,
     generation: AtomicU64,
     pub metrics: Metrics,
+    /// The plugins in force (outlive config snapshots).
+    pub plugins: PluginHost,
     /// Metrics of requests that matched no route, and of management requests.
     pub unrouted_metrics: Arc<RouteMetrics>,
     pub admin_metrics: Arc<RouteMetrics>,
@@ -63,6 +91,7 @@ impl Gateway {
         let snapshot = build_snapshot(config, 1, &upstream_state, &metrics);
         metrics.config_generation.set(1);
         Arc::new(Self {
+            plugins: PluginHost::default(),
             unrouted_metrics: metrics.for_route("(none)"),
             admin_metrics: metrics.for_route("(admin)"),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -84,15 +113,83 @@ impl Gateway {
     pub fn apply(&self, config: Config) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let old = self.snapshot.load();
-        warn_on_restart_only_changes(&old.config.server, &config.server);
+        warn_on_restart_only_changes(&old.config, &config);
         let snapshot = build_snapshot(config, generation, &self.upstream_state, &self.metrics);
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.config_generation.set(generation as i64);
         generation
     }
+
+    /// Compiles and initialises `bytes` as plugin `name` and puts it in force; on any
+    /// error the previous version keeps serving. Blocking: call it off the request path.
+    pub fn load_plugin(&self, name: &str, bytes: &[u8]) {
+        if self
+            .plugins
+            .get(name)
+            .is_some_and(|v| v.digest == crate::plugins::registry::digest(bytes))
+        {
+            return;
+        }
+        let uses = self.snapshot().plugin_uses(name);
+        match self.plugins.load(name, bytes, &uses) {
+            Ok(version) => {
+                self.metrics
+                    .plugin_loads
+                    .with_label_values(&[name, "ok"])
+                    .inc();
+                self.metrics
+                    .plugin_version
+                    .with_label_values(&[name])
+                    .set(version.version as i64);
+                tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = bytes.len(), "plugin loaded");
+            }
+            Err(e) => {
+                self.metrics
+                    .plugin_loads
+                    .with_label_values(&[name, "error"])
+                    .inc();
+                let keeping = if self.plugins.get(name).is_some() {
+                    "the previous version keeps serving"
+                } else {
+                    "the plugin stays unloaded"
+                };
+                tracing::error!(plugin = name, "plugin rejected: {e}; {keeping}");
+            }
+        }
+    }
+
+    /// Takes plugin `name` out of service (its file was deleted).
+    pub fn unload_plugin(&self, name: &str) {
+        if self.plugins.unload(name) {
+            self.metrics
+                .plugin_version
+                .with_label_values(&[name])
+                .set(0);
+            tracing::info!(plugin = name, "plugin unloaded (file removed)");
+        }
+    }
 }
 
-fn warn_on_restart_only_changes(old: &ServerConfig, new: &ServerConfig) {
+fn chain(refs: &[PluginRef], settings: &PluginsConfig, metrics: &Metrics) -> Vec<ChainEntry> {
+    let limits = Limits {
+        timeout_ms: settings.timeout_ms,
+        memory_bytes: (settings.memory_limit_mb as usize) << 20,
+        max_idle: settings.max_idle_instances,
+    };
+    refs.iter()
+        .map(|r| {
+            // A TOML table always serialises to JSON.
+            let json = serde_json::to_string(&r.config).unwrap_or_else(|_| "{}".to_owned());
+            ChainEntry::new(&r.name, json, limits, metrics.for_plugin(&r.name))
+        })
+        .collect()
+}
+
+fn warn_on_restart_only_changes(old: &Config, new: &Config) {
+    if old.plugins.dir != new.plugins.dir {
+        tracing::warn!("plugins.dir changed: takes effect after a restart");
+    }
+    let (old, new) = (&old.server, &new.server);
     if old.listen != new.listen {
         tracing::warn!(old = %old.listen, new = %new.listen, "server.listen changed: takes effect after a restart");
     }
@@ -151,10 +248,12 @@ fn build_snapshot(
                 .host_rewrite
                 .as_deref()
                 .and_then(|h| HeaderValue::from_str(h).ok()),
+            plugins: chain(&route.plugins, &config.plugins, metrics),
         });
     }
     Snapshot {
         generation,
+        global_plugins: chain(&config.plugins.global, &config.plugins, metrics),
         router: Router::new(specs),
         routes,
         upstreams,

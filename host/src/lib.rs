@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugins;
 pub mod reload;
 pub mod rewrite;
 pub mod router;

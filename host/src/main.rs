@@ -124,7 +124,11 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        let plugin_dir = config.plugins.dir.clone();
         let gateway = Gateway::new(config, local);
+        fluxgate_host::plugins::watch::load_all(&gateway, &plugin_dir).await;
+        let _plugin_watcher = fluxgate_host::plugins::watch::watch(gateway.clone(), &plugin_dir)
+            .with_context(|| format!("watching the plugin folder {}", plugin_dir.display()))?;
         let _watcher = match &cli.config {
             Some(path) => {
                 let port = cli.port;

@@ -3,8 +3,8 @@
 use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Statuses whose counters are cached per route; others are looked up by label.
@@ -28,6 +28,16 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Generation number of the config snapshot in force.
     pub config_generation: IntGauge,
+    /// Plugin hook calls, by plugin and hook.
+    pub plugin_calls: IntCounterVec,
+    /// Plugin failures, by plugin and kind (trap, timeout, memory, init, not_loaded...).
+    pub plugin_errors: IntCounterVec,
+    /// Plugin hook call latency, by plugin and hook.
+    pub plugin_call_duration: HistogramVec,
+    /// The version number of each loaded plugin (0 after it is removed).
+    pub plugin_version: IntGaugeVec,
+    /// Plugin file loads by plugin and result (ok, error).
+    pub plugin_loads: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +75,40 @@ impl Metrics {
             "config_generation",
             "Generation of the config snapshot in force",
         );
+        let plugin_calls = IntCounterVec::new(
+            Opts::new(
+                "plugin_calls_total",
+                "Plugin hook calls, by plugin and hook",
+            ),
+            &["plugin", "hook"],
+        );
+        let plugin_errors = IntCounterVec::new(
+            Opts::new("plugin_errors_total", "Plugin failures, by plugin and kind"),
+            &["plugin", "kind"],
+        );
+        let plugin_call_duration = HistogramVec::new(
+            HistogramOpts::new("plugin_call_duration_seconds", "Plugin hook call latency").buckets(
+                vec![
+                    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
+                    0.000_5, 0.001, 0.005, 0.025, 0.1,
+                ],
+            ),
+            &["plugin", "hook"],
+        );
+        let plugin_version = IntGaugeVec::new(
+            Opts::new(
+                "plugin_version",
+                "Version number of each loaded plugin (0 = removed)",
+            ),
+            &["plugin"],
+        );
+        let plugin_loads = IntCounterVec::new(
+            Opts::new(
+                "plugin_loads_total",
+                "Plugin file loads by plugin and result",
+            ),
+            &["plugin", "result"],
+        );
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; unwrap_or_else keeps that out of the panic path.
         let metrics = Self {
@@ -74,6 +118,11 @@ impl Metrics {
             in_flight: in_flight.unwrap_or_else(|e| unreachable!("{e}")),
             config_reloads: config_reloads.unwrap_or_else(|e| unreachable!("{e}")),
             config_generation: config_generation.unwrap_or_else(|e| unreachable!("{e}")),
+            plugin_calls: plugin_calls.unwrap_or_else(|e| unreachable!("{e}")),
+            plugin_errors: plugin_errors.unwrap_or_else(|e| unreachable!("{e}")),
+            plugin_call_duration: plugin_call_duration.unwrap_or_else(|e| unreachable!("{e}")),
+            plugin_version: plugin_version.unwrap_or_else(|e| unreachable!("{e}")),
+            plugin_loads: plugin_loads.unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
         for collector in [
@@ -83,6 +132,11 @@ impl Metrics {
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.config_reloads.clone()),
             Box::new(metrics.config_generation.clone()),
+            Box::new(metrics.plugin_calls.clone()),
+            Box::new(metrics.plugin_errors.clone()),
+            Box::new(metrics.plugin_call_duration.clone()),
+            Box::new(metrics.plugin_version.clone()),
+            Box::new(metrics.plugin_loads.clone()),
         ] {
             if let Err(e) = metrics.registry.register(collector) {
                 unreachable!("metric registration: {e}");
@@ -131,6 +185,45 @@ impl RouteMetrics {
                 .inc(),
             None => self.requests.with_label_values(&label(status)).inc(),
         }
+    }
+}
+
+/// One plugin's call counters and latency histograms per hook, resolved once.
+#[derive(Debug, Clone)]
+pub struct PluginMetrics {
+    pub plugin: Arc<str>,
+    calls: [IntCounter; 2],
+    durations: [Histogram; 2],
+    errors: IntCounterVec,
+}
+
+/// The hook a plugin call was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    OnRequest = 0,
+    OnResponse = 1,
+}
+
+impl Metrics {
+    pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
+        let hooks = ["on_request", "on_response"];
+        PluginMetrics {
+            plugin: Arc::from(plugin),
+            calls: hooks.map(|h| self.plugin_calls.with_label_values(&[plugin, h])),
+            durations: hooks.map(|h| self.plugin_call_duration.with_label_values(&[plugin, h])),
+            errors: self.plugin_errors.clone(),
+        }
+    }
+}
+
+impl PluginMetrics {
+    pub fn call(&self, hook: Hook, seconds: f64) {
+        self.calls[hook as usize].inc();
+        self.durations[hook as usize].observe(seconds);
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[&*self.plugin, kind]).inc();
     }
 }
 

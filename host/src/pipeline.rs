@@ -1,7 +1,8 @@
 //! The request path, in order. `handle` is the whole story of a request:
 //!
 //! ```text
-//! limits → admin endpoints → path normalisation → route match → forward → response edits
+//! limits → admin endpoints → path normalisation → route match
+//!   → plugins on-request → forward → response edits → plugins on-response
 //! ```
 //!
 //! Each phase is a small function that either passes the request on or returns a
@@ -28,6 +29,8 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route, Snapshot};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
 use crate::metrics::RouteMetrics;
+use crate::plugins::bindings as wit;
+use crate::plugins::{Chain, OnRequest, convert};
 use crate::router::RouteMatch;
 use crate::upstream::{InFlight, Target};
 use crate::user_id::{self, RequestView};
@@ -99,8 +102,176 @@ async fn process(
     let found = match_route(snapshot, &req, &path, form.as_deref(), peer.ip)?;
     let route = &snapshot.routes[found.index];
     log.route = Some(route.metrics.clone());
+    let chain = Chain::resolve(
+        &gateway.plugins,
+        snapshot.global_plugins.iter().chain(&route.plugins),
+        snapshot.config.plugins.on_error,
+    )?;
+    if !chain.is_empty() {
+        let max_body = snapshot.config.plugins.max_body_bytes;
+        let ctx = PluginContext {
+            route,
+            found: &found,
+            peer,
+            max_body,
+        };
+        return with_plugins(gateway, &chain, ctx, req, path, log).await;
+    }
     let response = forward(gateway, route, req, &path, peer, log).await?;
     Ok(edit_response(route, response))
+}
+
+/// What the plugin phases need to know about the request beyond the message itself.
+struct PluginContext<'a> {
+    route: &'a Route,
+    found: &'a RouteMatch,
+    peer: &'a Peer,
+    max_body: usize,
+}
+
+/// Phases 5 to 7 when the route has plugins: on-request hooks (which may edit the
+/// request or answer it), forward, then on-response hooks in reverse order. Bodies are
+/// buffered only for plugins that asked, up to `plugins.max_body_bytes`.
+async fn with_plugins(
+    gateway: &Gateway,
+    chain: &Chain<'_>,
+    ctx: PluginContext<'_>,
+    req: Request<GatewayBody>,
+    path: String,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let (mut parts, mut body) = req.into_parts();
+    let buffered = if chain.wants_request_body() {
+        let bytes =
+            collect_limited(body, ctx.max_body)
+                .await
+                .map_err(|_| GatewayError::BodyTooLarge {
+                    limit: ctx.max_body,
+                })?;
+        body = GatewayBody::full(bytes.clone());
+        Some(bytes)
+    } else {
+        None
+    };
+    let client_ip = ctx.peer.forwarded_for.to_str().unwrap_or("unknown");
+    let label = &*ctx.route.metrics.label;
+    let mut wreq = convert::request_to_wit(
+        &parts,
+        &path,
+        client_ip,
+        label,
+        &ctx.found.params,
+        buffered.as_ref(),
+    );
+    if chain.has_on_request()
+        && let OnRequest::Respond { response, ran } = chain.on_request(&mut wreq)?
+    {
+        let mut wresp = wit::Response {
+            status: response.status,
+            headers: response.headers,
+            body: Some(response.body),
+        };
+        chain.on_response(ran, &wreq, &mut wresp)?;
+        return response_from_wit(wresp, None, None);
+    }
+
+    // Write the edited request back: headers, path and query, body.
+    let original_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+    parts.headers = convert::headers_from_wit(&wreq.headers).map_err(plugin_output)?;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body_replaced = wreq.body.is_some() && wreq.body.as_deref() != buffered.as_deref();
+    if body_replaced {
+        body = GatewayBody::full(wreq.body.take().unwrap_or_default());
+    } else if let Some(length) = original_length {
+        parts.headers.insert(header::CONTENT_LENGTH, length);
+    }
+    if wreq.path != path || wreq.query.as_deref() != parts.uri.query() {
+        let target = match &wreq.query {
+            Some(q) => format!("{}?{q}", wreq.path),
+            None => wreq.path.clone(),
+        };
+        parts.uri = target
+            .parse()
+            .map_err(|_| plugin_output(convert::InvalidEdit("path")))?;
+    }
+    wreq.body = None;
+
+    let response = forward(
+        gateway,
+        ctx.route,
+        Request::from_parts(parts, body),
+        &wreq.path,
+        ctx.peer,
+        log,
+    )
+    .await?;
+    let response = edit_response(ctx.route, response);
+    if !chain.has_on_response() {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let (body, buffered) = if chain.wants_response_body() {
+        let bytes = collect_limited(body, ctx.max_body).await.map_err(|_| {
+            GatewayError::ResponseTooLarge {
+                limit: ctx.max_body,
+            }
+        })?;
+        (None, Some(bytes))
+    } else {
+        (Some(body), None)
+    };
+    let mut wresp = convert::response_to_wit(&parts, buffered.as_ref());
+    chain.on_response(chain.len(), &wreq, &mut wresp)?;
+    response_from_wit(
+        wresp,
+        body,
+        parts.headers.get(header::CONTENT_LENGTH).cloned(),
+    )
+}
+
+/// Builds the client response from the plugins' view of it. `streamed` is the upstream
+/// body when it was not buffered; it is used unless a plugin replaced the body.
+fn response_from_wit(
+    wresp: wit::Response,
+    streamed: Option<GatewayBody>,
+    streamed_length: Option<HeaderValue>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let mut headers = convert::headers_from_wit(&wresp.headers).map_err(plugin_output)?;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    let body = match (wresp.body, streamed) {
+        (Some(bytes), _) => GatewayBody::full(bytes),
+        (None, Some(body)) => {
+            if let Some(length) = streamed_length {
+                headers.insert(header::CONTENT_LENGTH, length);
+            }
+            body
+        }
+        (None, None) => GatewayBody::empty(),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(wresp.status)
+        .map_err(|_| plugin_output(convert::InvalidEdit("status")))?;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// Plugin output that passed the per-plugin checks but still cannot be sent.
+fn plugin_output(e: convert::InvalidEdit) -> GatewayError {
+    tracing::warn!("{e}");
+    GatewayError::Plugin {
+        plugin: "(chain)".to_owned(),
+        kind: "invalid_output",
+    }
+}
+
+/// Reads a whole body, failing once it exceeds `limit` bytes.
+async fn collect_limited(body: GatewayBody, limit: usize) -> Result<Bytes, ()> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| ())
 }
 
 /// Phase 1 — limits. Runs first: refuses request targets and header sections larger

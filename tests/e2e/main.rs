@@ -4,6 +4,7 @@
 mod balancing;
 mod cli;
 mod framing;
+mod plugins;
 mod proxying;
 mod reload;
 mod routing;

@@ -63,7 +63,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text)
+    let mut config = parse(&text)?;
+    if let Some(base) = path.parent() {
+        config.resolve_paths(base);
+    }
+    Ok(config)
 }
 
 /// Parses and validates config text. Every unknown key is reported (not only the first);

@@ -20,8 +20,114 @@ pub use validate::validate;
 #[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub plugins: PluginsConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Makes relative paths in the config relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if self.plugins.dir.is_relative() {
+            self.plugins.dir = base.join(&self.plugins.dir);
+        }
+    }
+}
+
+/// `[plugins]`: where WebAssembly plugins come from and the limits they run under.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginsConfig {
+    /// Watched folder; `NAME.wasm` is plugin `NAME`. Relative to the config file.
+    pub dir: std::path::PathBuf,
+    /// Longest a single hook call may run.
+    pub timeout_ms: u64,
+    /// Most linear memory one plugin instance may use.
+    pub memory_limit_mb: u64,
+    /// What a failing plugin (trap, timeout, out of memory, not loaded) does to the
+    /// request: `deny` answers with a JSON 5xx, `allow` skips the plugin.
+    pub on_error: OnError,
+    /// Largest request/response body buffered for plugins that ask for bodies.
+    pub max_body_bytes: usize,
+    /// Warm instances kept per plugin version and config.
+    pub max_idle_instances: usize,
+    /// Chain run on every routed request, before the route's own chain.
+    pub global: Vec<PluginRef>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: std::path::PathBuf::from("plugins.d"),
+            timeout_ms: 50,
+            memory_limit_mb: 32,
+            on_error: OnError::Deny,
+            max_body_bytes: 1024 * 1024,
+            max_idle_instances: 32,
+            global: Vec::new(),
+        }
+    }
+}
+
+/// `plugins.on_error`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+/// One entry of a plugin chain: `"name"` or `{ name = "...", config = { ... } }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    pub name: String,
+    /// Passed to the plugin's `init` as JSON.
+    pub config: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for PluginRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PluginRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a plugin name or { name = \"...\", config = { ... } }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<PluginRef, E> {
+                Ok(PluginRef {
+                    name: name.to_owned(),
+                    config: toml::Table::new(),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginRef, A::Error> {
+                let mut name = None;
+                let mut config = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value::<String>()?),
+                        "config" => config = Some(map.next_value::<toml::Table>()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(
+                                other,
+                                &["name", "config"],
+                            ));
+                        }
+                    }
+                }
+                Ok(PluginRef {
+                    name: name.ok_or_else(|| serde::de::Error::missing_field("name"))?,
+                    config: config.unwrap_or_default(),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[server]`: the listener, client-facing limits and operator settings.
@@ -147,6 +253,8 @@ pub struct RouteConfig {
     pub user_id_key: Vec<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Plugin chain for this route, run after `[plugins] global`.
+    pub plugins: Vec<PluginRef>,
 }
 
 /// `replace_prefix = { from = "/v1", to = "/v2" }`.

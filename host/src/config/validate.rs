@@ -18,6 +18,7 @@ pub const RESERVED_PATHS: &[&str] = &["/api/v1/health", "/metrics"];
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     check_server(config, &mut out);
+    check_plugins(config, &mut out);
     for (name, upstream) in &config.upstreams {
         let at = |key: &str| format!("upstreams.{name}.{key}");
         if name.is_empty()
@@ -112,6 +113,58 @@ fn check_server(config: &Config, out: &mut Vec<Problem>) {
             "must be at most 1048576",
         ));
     }
+}
+
+/// Plugin names are file stems in the plugin folder.
+pub fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn check_plugin_refs(at: &str, refs: &[super::PluginRef], out: &mut Vec<Problem>) {
+    for (i, r) in refs.iter().enumerate() {
+        if !is_plugin_name(&r.name) {
+            out.push(Problem::new(
+                format!("{at}[{i}].name"),
+                format!(
+                    "\"{}\" is not a plugin name (letters, digits, '-', '_')",
+                    r.name
+                ),
+            ));
+        }
+    }
+}
+
+fn check_plugins(config: &Config, out: &mut Vec<Problem>) {
+    let p = &config.plugins;
+    if p.timeout_ms == 0 || p.timeout_ms > 60_000 {
+        out.push(Problem::new(
+            "plugins.timeout_ms",
+            "must be between 1 and 60000",
+        ));
+    }
+    if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
+        out.push(Problem::new(
+            "plugins.memory_limit_mb",
+            "must be between 1 and 4096",
+        ));
+    }
+    if p.max_body_bytes > 64 * 1024 * 1024 {
+        out.push(Problem::new(
+            "plugins.max_body_bytes",
+            "must be at most 67108864",
+        ));
+    }
+    if p.max_idle_instances > 256 {
+        out.push(Problem::new(
+            "plugins.max_idle_instances",
+            "must be at most 256",
+        ));
+    }
+    check_plugin_refs("plugins.global", &p.global, out);
 }
 
 fn check_route(config: &Config, i: usize, route: &RouteConfig, out: &mut Vec<Problem>) {
@@ -214,6 +267,7 @@ fn check_route(config: &Config, i: usize, route: &RouteConfig, out: &mut Vec<Pro
             "only applies together with users = [...]",
         ));
     }
+    check_plugin_refs(&at("plugins"), &route.plugins, out);
     check_header_ops(&at("request_headers"), &route.request_headers, out);
     check_header_ops(&at("response_headers"), &route.response_headers, out);
 }
@@ -305,6 +359,35 @@ mod tests {
                 .iter()
                 .any(|f| f.starts_with("upstreams.bad.targets[0].url: ")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn plugin_chains_accept_names_and_tables_and_reject_unknown_keys() {
+        let ok = format!(
+            "{UPSTREAM}[plugins]\nglobal = [\"trace\"]\n[[routes]]\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"api-key-auth\", {{ name = \"header-rewrite\", config = {{ set = {{ x = \"1\" }} }} }}]\n"
+        );
+        let config = parse(&ok).unwrap();
+        assert_eq!(config.routes[0].plugins[1].name, "header-rewrite");
+        assert!(config.routes[0].plugins[1].config.contains_key("set"));
+        let bad = format!(
+            "{UPSTREAM}[[routes]]\npath = \"/a\"\nupstream = \"users\"\nplugins = [{{ name = \"x\", confg = {{}} }}, \"../evil\"]\n"
+        );
+        let found = problems(&bad);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("routes[0].plugins[0]: unknown field `confg`")),
+            "{found:?}"
+        );
+        let bad_name = format!(
+            "{UPSTREAM}[[routes]]\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"../evil\"]\n"
+        );
+        assert_eq!(
+            problems(&bad_name),
+            vec![
+                "routes[0].plugins[0].name: \"../evil\" is not a plugin name (letters, digits, '-', '_')"
+            ]
         );
     }
 

@@ -1,6 +1,7 @@
 //! Test support: real upstream servers, a real gateway on port 0, and HTTP clients.
 
 pub mod upstream;
+pub mod wasm;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxgate_host::Gateway;
+use fluxgate_host::plugins::watch::{PluginWatcher, load_all, watch as watch_plugins};
 use fluxgate_host::reload::{self, ConfigWatcher};
 use http::{HeaderMap, Request, StatusCode};
 use http_body::{Body, Frame};
@@ -35,19 +37,34 @@ pub struct TestGateway {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _watcher: ConfigWatcher,
+    _plugin_watcher: PluginWatcher,
+    /// The watched plugin folder (`<temp>/plugins.d`).
+    pub plugin_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl TestGateway {
     /// Starts a gateway from config text (its `server.listen` is ignored: port 0 is used).
     pub async fn start(config_text: &str) -> Self {
+        Self::start_with_plugins(config_text, &[]).await
+    }
+
+    /// Starts a gateway whose plugin folder holds `plugins` (name, wasm bytes) at start.
+    pub async fn start_with_plugins(config_text: &str, plugins: &[(&str, &[u8])]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
-        let config = fluxgate_host::config::parse(config_text).expect("test config is valid");
+        let config = fluxgate_host::config::load_file(&config_path).expect("test config is valid");
+        let plugin_dir = config.plugins.dir.clone();
+        std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+        for (name, bytes) in plugins {
+            std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes).expect("write plugin");
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let gateway = Gateway::new(config, addr);
+        load_all(&gateway, &plugin_dir).await;
+        let plugin_watcher = watch_plugins(gateway.clone(), &plugin_dir).expect("watch plugins");
         let watcher = reload::watch(&config_path, gateway.clone(), |_| {}).expect("watch");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(fluxgate_host::run(listener, gateway.clone(), async {
@@ -60,6 +77,8 @@ impl TestGateway {
             shutdown: Some(tx),
             task: Some(task),
             _watcher: watcher,
+            _plugin_watcher: plugin_watcher,
+            plugin_dir,
             _dir: dir,
         }
     }

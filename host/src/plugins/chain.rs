@@ -1,0 +1,203 @@
+//! Running a request through its plugin chain: on-request in chain order, on-response
+//! in reverse, each failure handled by `plugins.on_error`.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::bindings::{PluginInfo, Request, RequestAction, Response};
+use super::convert::{self, InvalidEdit};
+use super::pool::{CallError, InstancePool};
+use super::registry::{ChainEntry, PluginHost};
+use crate::config::OnError;
+use crate::metrics::Hook;
+
+/// A plugin failure the request must answer for (`on_error = "deny"`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin \"{plugin}\": {error}")]
+pub struct PluginFailure {
+    pub plugin: Arc<str>,
+    pub error: CallError,
+}
+
+struct Step<'a> {
+    entry: &'a ChainEntry,
+    pool: Arc<InstancePool>,
+    info: PluginInfo,
+}
+
+/// A route's resolved chain (global entries first, then the route's).
+pub struct Chain<'a> {
+    steps: Vec<Step<'a>>,
+    on_error: OnError,
+}
+
+/// What the on-request pass decided.
+pub enum OnRequest {
+    /// Forward the (edited) request.
+    Continue,
+    /// A plugin answered; `ran` plugins before it get their on-response.
+    Respond {
+        response: super::bindings::DirectResponse,
+        ran: usize,
+    },
+}
+
+impl<'a> Chain<'a> {
+    /// Looks up each entry's plugin and what it wants. A plugin that is not loaded or
+    /// fails `init` is skipped (`allow`) or fails the request (`deny`).
+    pub fn resolve(
+        host: &PluginHost,
+        entries: impl Iterator<Item = &'a ChainEntry>,
+        on_error: OnError,
+    ) -> Result<Self, PluginFailure> {
+        let mut steps = Vec::new();
+        for entry in entries {
+            let resolved = host
+                .resolve(entry)
+                .and_then(|pool| pool.info().map(|info| (pool, info)));
+            match resolved {
+                Ok((pool, info)) => steps.push(Step { entry, pool, info }),
+                Err(error) => failed(entry, error, on_error)?,
+            }
+        }
+        Ok(Self { steps, on_error })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn wants_request_body(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.info.on_request && s.info.request_body)
+    }
+
+    pub fn wants_response_body(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.info.on_response && s.info.response_body)
+    }
+
+    pub fn has_on_request(&self) -> bool {
+        self.steps.iter().any(|s| s.info.on_request)
+    }
+
+    pub fn has_on_response(&self) -> bool {
+        self.steps.iter().any(|s| s.info.on_response)
+    }
+
+    /// Runs on-request hooks in order; each plugin sees the edits of those before it.
+    pub fn on_request(&self, req: &mut Request) -> Result<OnRequest, PluginFailure> {
+        for (i, step) in self.steps.iter().enumerate() {
+            if !step.info.on_request {
+                continue;
+            }
+            // Only plugins that asked see the body; keep it aside meanwhile.
+            let hidden = if step.info.request_body {
+                None
+            } else {
+                req.body.take()
+            };
+            let result = self.call(step, Hook::OnRequest, || step.pool.on_request(req));
+            if hidden.is_some() {
+                req.body = hidden;
+            }
+            match result? {
+                Some(RequestAction::Continue(edits)) => {
+                    if let Err(e) = convert::apply_request_edits(req, edits) {
+                        self.invalid(step, e)?;
+                    }
+                }
+                Some(RequestAction::Respond(response)) => match convert::check_direct(&response) {
+                    Ok(()) => return Ok(OnRequest::Respond { response, ran: i }),
+                    Err(e) => self.invalid(step, e)?,
+                },
+                None => {}
+            }
+        }
+        Ok(OnRequest::Continue)
+    }
+
+    /// Runs on-response hooks of the first `ran` plugins in reverse order.
+    pub fn on_response(
+        &self,
+        ran: usize,
+        req: &Request,
+        resp: &mut Response,
+    ) -> Result<(), PluginFailure> {
+        for step in self.steps[..ran.min(self.steps.len())].iter().rev() {
+            if !step.info.on_response {
+                continue;
+            }
+            let body = if step.info.response_body {
+                None
+            } else {
+                resp.body.take()
+            };
+            let result = self.call(step, Hook::OnResponse, || step.pool.on_response(req, resp));
+            if let Some(body) = body {
+                resp.body = Some(body);
+            }
+            if let Some(edits) = result?
+                && let Err(e) = convert::apply_response_edits(resp, edits)
+            {
+                self.invalid(step, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One hook call, measured; `Ok(None)` when it failed and `on_error = allow`.
+    fn call<R>(
+        &self,
+        step: &Step<'_>,
+        hook: Hook,
+        f: impl FnOnce() -> Result<R, CallError>,
+    ) -> Result<Option<R>, PluginFailure> {
+        let started = Instant::now();
+        let result = f();
+        step.entry
+            .metrics
+            .call(hook, started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => Ok(Some(r)),
+            Err(error) => failed(step.entry, error, self.on_error).map(|()| None),
+        }
+    }
+
+    fn invalid(&self, step: &Step<'_>, e: InvalidEdit) -> Result<(), PluginFailure> {
+        failed(step.entry, CallError::Trap(e.to_string()), self.on_error)
+    }
+}
+
+/// Counts and logs a failure; `Err` when it must fail the request.
+fn failed(entry: &ChainEntry, error: CallError, on_error: OnError) -> Result<(), PluginFailure> {
+    entry.metrics.error(error.kind());
+    match on_error {
+        OnError::Allow => {
+            tracing::warn!(
+                plugin = &*entry.name,
+                kind = error.kind(),
+                "{error}; skipping the plugin (on_error = allow)"
+            );
+            Ok(())
+        }
+        OnError::Deny => {
+            tracing::warn!(
+                plugin = &*entry.name,
+                kind = error.kind(),
+                "{error}; refusing the request (on_error = deny)"
+            );
+            Err(PluginFailure {
+                plugin: entry.name.clone(),
+                error,
+            })
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Loaded plugins: one current version per name behind ArcSwap, replaced whole when a
+//! new file compiles and initialises; KV stores that outlive versions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use super::bindings::PluginPre;
+use super::kv::KvStore;
+use super::pool::{CallError, InstancePool, Limits};
+use super::runtime::{PluginShared, Runtime, StoreState};
+use crate::balancer::stable_hash;
+use crate::metrics::PluginMetrics;
+
+/// Keys a plugin may keep in its store before old ones are evicted.
+const KV_MAX_ENTRIES: usize = 100_000;
+
+/// Identifies a plugin file's content (FNV-1a, hex).
+pub fn digest(bytes: &[u8]) -> String {
+    format!("{:016x}", stable_hash(bytes))
+}
+
+/// Instances differ by the config `init` saw and the limits they run under.
+type PoolKey = (Arc<str>, Limits);
+
+/// One compiled version of a plugin file.
+pub struct PluginVersion {
+    pub name: Arc<str>,
+    /// Increases with every load in this process.
+    pub version: u64,
+    /// FNV-1a of the file, hex: tells which file is in force.
+    pub digest: String,
+    pre: PluginPre<StoreState>,
+    shared: Arc<PluginShared>,
+    runtime: Arc<Runtime>,
+    pools: Mutex<HashMap<PoolKey, Arc<InstancePool>>>,
+}
+
+impl PluginVersion {
+    /// The pool for one config (created on first use).
+    pub fn pool(&self, config_json: &Arc<str>, limits: Limits) -> Arc<InstancePool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry((config_json.clone(), limits))
+            .or_insert_with(|| {
+                Arc::new(InstancePool::new(
+                    self.runtime.clone(),
+                    self.pre.clone(),
+                    self.shared.clone(),
+                    config_json.clone(),
+                    limits,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// A chain entry of a config snapshot: which plugin, with what config, under which
+/// limits. It remembers the pool it resolved to for the version it saw, so the request
+/// path needs no lookup until a new version is loaded.
+pub struct ChainEntry {
+    pub name: Arc<str>,
+    pub config_json: Arc<str>,
+    pub limits: Limits,
+    pub metrics: PluginMetrics,
+    resolved: ArcSwapOption<(Arc<PluginVersion>, Arc<InstancePool>)>,
+}
+
+impl std::fmt::Debug for ChainEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainEntry")
+            .field("name", &self.name)
+            .field("config_json", &self.config_json)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainEntry {
+    pub fn new(name: &str, config_json: String, limits: Limits, metrics: PluginMetrics) -> Self {
+        Self {
+            metrics,
+            name: Arc::from(name),
+            config_json: Arc::from(config_json),
+            limits,
+            resolved: ArcSwapOption::empty(),
+        }
+    }
+}
+
+/// Why a plugin file was not taken into service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error("{0}")]
+    Compile(String),
+    #[error("init failed for config {config}: {error}")]
+    Init { config: String, error: CallError },
+}
+
+/// The plugins in force.
+pub struct PluginHost {
+    loaded: ArcSwap<HashMap<Arc<str>, Arc<PluginVersion>>>,
+    kv: Mutex<HashMap<Arc<str>, Arc<KvStore>>>,
+    next_version: AtomicU64,
+}
+
+impl Default for PluginHost {
+    fn default() -> Self {
+        Self {
+            loaded: ArcSwap::from_pointee(HashMap::new()),
+            kv: Mutex::new(HashMap::new()),
+            next_version: AtomicU64::new(1),
+        }
+    }
+}
+
+impl PluginHost {
+    /// The current version of `name`, if loaded.
+    pub fn get(&self, name: &str) -> Option<Arc<PluginVersion>> {
+        self.loaded.load().get(name).cloned()
+    }
+
+    /// Names and versions loaded now.
+    pub fn loaded(&self) -> Vec<Arc<PluginVersion>> {
+        self.loaded.load().values().cloned().collect()
+    }
+
+    /// The pool serving `entry` now: its cached one while the version is unchanged.
+    pub fn resolve(&self, entry: &ChainEntry) -> Result<Arc<InstancePool>, CallError> {
+        let current = self.get(&entry.name).ok_or(CallError::NotLoaded)?;
+        if let Some(cached) = &*entry.resolved.load()
+            && Arc::ptr_eq(&cached.0, &current)
+        {
+            return Ok(cached.1.clone());
+        }
+        let pool = current.pool(&entry.config_json, entry.limits);
+        entry
+            .resolved
+            .store(Some(Arc::new((current, pool.clone()))));
+        Ok(pool)
+    }
+
+    /// Compiles `bytes` as plugin `name`, initialises it with every config it is used
+    /// with (`in_use`), and only then puts it in force. On error the previous version
+    /// (if any) stays.
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        in_use: &[(Arc<str>, Limits)],
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        let runtime = Runtime::get().map_err(LoadError::Runtime)?;
+        let pre = runtime.compile(bytes).map_err(LoadError::Compile)?;
+        let name: Arc<str> = Arc::from(name);
+        let kv = self
+            .kv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(KvStore::new(KV_MAX_ENTRIES)))
+            .clone();
+        let version = Arc::new(PluginVersion {
+            name: name.clone(),
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            digest: digest(bytes),
+            pre,
+            shared: Arc::new(PluginShared {
+                name: name.clone(),
+                kv,
+            }),
+            runtime,
+            pools: Mutex::new(HashMap::new()),
+        });
+        for (config, limits) in in_use {
+            version
+                .pool(config, *limits)
+                .info()
+                .map_err(|error| LoadError::Init {
+                    config: config.to_string(),
+                    error,
+                })?;
+        }
+        self.loaded.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(name.clone(), version.clone());
+            next
+        });
+        Ok(version)
+    }
+
+    /// Takes `name` out of service; true if it was loaded.
+    pub fn unload(&self, name: &str) -> bool {
+        let mut found = false;
+        self.loaded.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            found = next.remove(name).is_some();
+            next
+        });
+        found
+    }
+}

@@ -1,0 +1,110 @@
+//! The plugin folder: every `NAME.wasm` is plugin `NAME`; adding, replacing or deleting
+//! a file takes effect without a restart. Compilation runs on the blocking pool, off the
+//! request path.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::validate::is_plugin_name;
+use crate::gateway::Gateway;
+
+/// Writes are gathered this long before a file is read (copies land in pieces).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Watches the plugin folder while alive.
+pub struct PluginWatcher {
+    _watcher: notify::RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PluginWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The plugin name of a path, if it is `NAME.wasm` with a valid name.
+pub fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    is_plugin_name(stem).then(|| stem.to_owned())
+}
+
+/// Loads every plugin file in `dir` now (a missing folder means no plugins).
+pub async fn load_all(gateway: &Arc<Gateway>, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::info!(dir = %dir.display(), "no plugin folder; no plugins loaded");
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| plugin_name(&e.path()))
+        .collect();
+    names.sort();
+    for name in names {
+        sync_one(gateway, dir, &name).await;
+    }
+}
+
+/// Starts watching `dir` (created if missing, so plugins can be dropped in later).
+pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify::Error> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin folder");
+    }
+    let dir: PathBuf = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                for name in event.paths.iter().filter_map(|p| plugin_name(p)) {
+                    let _ = tx.send(name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "plugin folder watch error"),
+        })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut names = BTreeSet::from([first]);
+            tokio::time::sleep(SETTLE).await;
+            while let Ok(name) = rx.try_recv() {
+                names.insert(name);
+            }
+            for name in names {
+                sync_one(&gateway, &dir, &name).await;
+            }
+        }
+    });
+    Ok(PluginWatcher {
+        _watcher: watcher,
+        task,
+    })
+}
+
+/// Brings plugin `name` in line with its file: load a new version, or unload.
+async fn sync_one(gateway: &Arc<Gateway>, dir: &Path, name: &str) {
+    let path = dir.join(format!("{name}.wasm"));
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let gateway = gateway.clone();
+            let name = name.to_owned();
+            let loaded =
+                tokio::task::spawn_blocking(move || gateway.load_plugin(&name, &bytes)).await;
+            if let Err(e) = loaded {
+                tracing::error!(error = %e, "plugin load task failed");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => gateway.unload_plugin(name),
+        Err(e) => {
+            tracing::error!(plugin = name, error = %e, "cannot read plugin file; keeping the loaded version")
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! WebAssembly plugins end to end: the example plugins and test-only misbehaving ones,
+//! compiled to wasm32-wasip2 by the test run and loaded by the real host.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::support::upstream::Upstream;
+use crate::support::wasm::plugin;
+use crate::support::{PATIENCE, Reply, TestGateway, client, get};
+
+/// A gateway with one upstream, `[plugins]` settings and one route `/*` whose chain is
+/// `route_plugins` (TOML array body), with the given plugin files in its folder.
+async fn gateway(
+    up: &Upstream,
+    plugin_settings: &str,
+    route_plugins: &str,
+    files: &[(&str, &str)],
+) -> TestGateway {
+    let config = format!(
+        "[plugins]\n{plugin_settings}\n[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
+         [[routes]]\nname = \"all\"\npath = \"/*\"\nupstream = \"u\"\nplugins = [{route_plugins}]\n",
+        up.addr
+    );
+    let wasm: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(name, krate)| ((*name).to_owned(), plugin(krate)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = wasm
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    TestGateway::start_with_plugins(&config, &refs).await
+}
+
+fn upstream_header(reply: &Reply, name: &str) -> Option<String> {
+    reply.json()["headers"][name][0].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn api_key_auth_rejects_missing_and_wrong_keys_and_forwards_the_identity() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "",
+        r#"{ name = "api-key-auth", config = { keys = { "k-alice" = "alice" } } }"#,
+        &[("api-key-auth", "api_key_auth")],
+    )
+    .await;
+    let c = client();
+    let missing = get(&c, &gw.url("/x"), &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json()["error"], "unauthorized");
+    let wrong = get(&c, &gw.url("/x"), &[("x-api-key", "nope")]).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        0,
+        "direct responses skip the upstream"
+    );
+    let ok = get(&c, &gw.url("/x"), &[("x-api-key", "k-alice")]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        upstream_header(&ok, "x-consumer-id").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        upstream_header(&ok, "x-api-key"),
+        None,
+        "the key is not forwarded"
+    );
+}
+
+fn jwt(secret: &str, claims: serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+#[tokio::test]
+async fn jwt_auth_verifies_signature_and_time_claims() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "",
+        r#"{ name = "jwt-auth", config = { secret = "s3cret", claims_to_headers = { sub = "x-user", role = "x-role" } } }"#,
+        &[("jwt-auth", "jwt_auth")],
+    )
+    .await;
+    let c = client();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let bearer = |t: String| format!("Bearer {t}");
+    let good = bearer(jwt(
+        "s3cret",
+        serde_json::json!({"sub": "alice", "role": "admin", "exp": now + 60}),
+    ));
+    let reply = get(&c, &gw.url("/x"), &[("authorization", &good)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream_header(&reply, "x-user").as_deref(), Some("alice"));
+    assert_eq!(upstream_header(&reply, "x-role").as_deref(), Some("admin"));
+    for (why, token) in [
+        (
+            "expired",
+            bearer(jwt(
+                "s3cret",
+                serde_json::json!({"sub": "a", "exp": now - 60}),
+            )),
+        ),
+        (
+            "not yet valid",
+            bearer(jwt(
+                "s3cret",
+                serde_json::json!({"sub": "a", "nbf": now + 600}),
+            )),
+        ),
+        (
+            "wrong key",
+            bearer(jwt(
+                "other",
+                serde_json::json!({"sub": "a", "exp": now + 60}),
+            )),
+        ),
+        ("garbage", "Bearer a.b.c".to_owned()),
+    ] {
+        let reply = get(&c, &gw.url("/x"), &[("authorization", &token)]).await;
+        assert_eq!(reply.status, 401, "{why}: {}", reply.text());
+        assert_eq!(reply.json()["error"], "unauthorized", "{why}");
+    }
+    assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn header_rewrite_edits_both_directions_and_the_chain_runs_in_order() {
+    let up = Upstream::start("u").await;
+    // Global tagger runs first on the request and last on the response.
+    let gw = gateway(
+        &up,
+        "global = [\"tagger\"]",
+        r#"{ name = "header-rewrite", config = { request = { set = { x-env = "prod" }, remove = ["cookie"], rename = { x-tagger = "x-renamed" } }, response = { set = { x-served-by = "fluxgate", x-tagger = "route" }, remove = ["x-upstream"] } } }"#,
+        &[("header-rewrite", "header_rewrite"), ("tagger", "tagger_a")],
+    )
+    .await;
+    let reply = get(
+        &client(),
+        &gw.url("/x"),
+        &[("cookie", "a=1"), ("x-env", "dev")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream_header(&reply, "x-env").as_deref(), Some("prod"));
+    assert_eq!(upstream_header(&reply, "cookie"), None);
+    // The route's rename saw the global plugin's request header: global ran first.
+    assert_eq!(upstream_header(&reply, "x-renamed").as_deref(), Some("a"));
+    assert_eq!(upstream_header(&reply, "x-tagger"), None);
+    assert_eq!(reply.headers["x-served-by"], "fluxgate");
+    assert!(reply.headers.get("x-upstream").is_none());
+    // The global plugin's on-response ran after the route's: its value won.
+    assert_eq!(reply.headers["x-tagger"], "a");
+}
+
+#[tokio::test]
+async fn rate_quota_counts_per_key_in_the_shared_store() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "",
+        r#"{ name = "rate-quota", config = { limit = 2 } }"#,
+        &[("rate-quota", "rate_quota")],
+    )
+    .await;
+    let c = client();
+    let first = get(&c, &gw.url("/x"), &[("x-api-key", "k1")]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["x-quota-limit"], "2");
+    assert_eq!(first.headers["x-quota-remaining"], "1");
+    assert_eq!(
+        get(&c, &gw.url("/x"), &[("x-api-key", "k1")]).await.status,
+        200
+    );
+    let over = get(&c, &gw.url("/x"), &[("x-api-key", "k1")]).await;
+    assert_eq!(over.status, 429);
+    assert_eq!(over.json()["error"], "quota_exceeded");
+    let retry: u64 = over.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry));
+    // Another key has its own quota; no key at all is refused.
+    assert_eq!(
+        get(&c, &gw.url("/x"), &[("x-api-key", "k2")]).await.status,
+        200
+    );
+    assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 401);
+}
+
+/// Sends `n` plain requests concurrently and returns how many got a 200.
+async fn healthy_requests(gw: &TestGateway, path: &str, n: usize) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = gw.url(path);
+            tokio::spawn(async move { get(&client(), &url, &[]).await.status == 200 })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap_or(false));
+    }
+    ok
+}
+
+#[tokio::test]
+async fn a_looping_plugin_is_cut_off_at_its_time_limit_and_others_are_served() {
+    let up = Upstream::start("u").await;
+    let config = format!(
+        "[plugins]\ntimeout_ms = 50\n[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
+         [[routes]]\npath = \"/spin\"\nupstream = \"u\"\nplugins = [\"spin\"]\n\
+         [[routes]]\npath = \"/plain\"\nupstream = \"u\"\n",
+        up.addr
+    );
+    let spin = plugin("spin");
+    let gw = TestGateway::start_with_plugins(&config, &[("spin", &spin)]).await;
+    let c = client();
+    let started = Instant::now();
+    let spun = tokio::spawn({
+        let url = gw.url("/spin");
+        async move { get(&client(), &url, &[]).await }
+    });
+    assert_eq!(healthy_requests(&gw, "/plain", 20).await, 20);
+    let reply = spun.await.unwrap();
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.json()["error"], "plugin_failed");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let again = get(&c, &gw.url("/spin"), &[]).await;
+    assert_eq!(again.status, 500);
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_plugin_errors_total{kind=\"timeout\",plugin=\"spin\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_trapping_instance_is_replaced_and_the_plugin_keeps_working() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "", "\"trap\"", &[("trap", "trap")]).await;
+    let c = client();
+    let trapped = get(&c, &gw.url("/x"), &[]).await;
+    assert_eq!(trapped.status, 500);
+    assert!(trapped.json()["message"].as_str().unwrap().contains("trap"));
+    let fine = get(&c, &gw.url("/x"), &[("x-trap", "no")]).await;
+    assert_eq!(fine.status, 200);
+    assert_eq!(fine.headers["x-trap-plugin"], "ok");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_stopped_at_its_memory_limit() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "memory_limit_mb = 16", "\"hog\"", &[("hog", "hog")]).await;
+    let c = client();
+    let reply = get(&c, &gw.url("/x"), &[]).await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply.json()["message"].as_str().unwrap().contains("memory"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(get(&c, &gw.url("/api/v1/health"), &[]).await.status, 200);
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_plugin_errors_total{kind=\"memory\",plugin=\"hog\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn on_error_allow_skips_a_failing_plugin() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "timeout_ms = 20\non_error = \"allow\"",
+        "\"spin\", \"missing\"",
+        &[("spin", "spin")],
+    )
+    .await;
+    let reply = get(&client(), &gw.url("/x"), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_missing_plugin_or_failing_init_answers_with_on_error() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "", "\"not-there\"", &[]).await;
+    let reply = get(&client(), &gw.url("/x"), &[]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "plugin_failed");
+    let gw = gateway(&up, "", "\"bad-init\"", &[("bad-init", "bad_init")]).await;
+    let reply = get(&client(), &gw.url("/x"), &[]).await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply.json()["message"].as_str().unwrap().contains("init"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Writes a plugin file the way a careful deploy does: a temp file, then a rename.
+fn install(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+async fn wait_for_tag(gw: &TestGateway, tag: &str) {
+    let c = client();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = get(&c, &gw.url("/x"), &[]).await;
+        if reply.headers.get("x-tagger").is_some_and(|v| v == tag) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tag {tag} never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn plugins_are_added_replaced_and_removed_without_a_restart() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "", "\"tagger\"", &[]).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &gw.url("/x"), &[]).await.status,
+        503,
+        "not loaded yet"
+    );
+    install(&gw.plugin_dir, "tagger", &plugin("tagger_a"));
+    wait_for_tag(&gw, "a").await;
+    // A broken file is rejected and the loaded version keeps serving.
+    std::fs::write(gw.plugin_dir.join("tagger.wasm"), b"not wasm at all").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get(&c, &gw.url("/x"), &[]).await.headers["x-tagger"], "a");
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_plugin_loads_total{plugin=\"tagger\",result=\"error\"} 1"),
+        "{metrics}"
+    );
+    install(&gw.plugin_dir, "tagger", &plugin("tagger_b"));
+    wait_for_tag(&gw, "b").await;
+    std::fs::remove_file(gw.plugin_dir.join("tagger.wasm")).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while get(&c, &gw.url("/x"), &[]).await.status != 503 {
+        assert!(Instant::now() < deadline, "removal not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hot_swap_under_load_fails_nothing_and_never_mixes_versions() {
+    let up = Upstream::start("u").await;
+    let gw = Arc::new(gateway(&up, "", "\"tagger\"", &[("tagger", "tagger_a")]).await);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let seen_b = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (gw, failures, seen_b) = (gw.clone(), failures.clone(), seen_b.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let deadline = Instant::now() + PATIENCE;
+                let mut b_here = 0;
+                // Until this worker has seen the new version 20 times (bounded in time).
+                while b_here < 20 && Instant::now() < deadline {
+                    let reply = get(&c, &gw.url("/x"), &[]).await;
+                    let response_tag = reply
+                        .headers
+                        .get("x-tagger")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let request_tag = if reply.status == 200 {
+                        upstream_header(&reply, "x-tagger")
+                    } else {
+                        None
+                    };
+                    // Both hooks of one request must come from the same version.
+                    match (response_tag.as_deref(), request_tag.as_deref()) {
+                        (Some("a"), Some("a")) => {}
+                        (Some("b"), Some("b")) => {
+                            seen_b.fetch_add(1, Ordering::SeqCst);
+                            b_here += 1;
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    install(&gw.plugin_dir, "tagger", &plugin("tagger_b"));
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        seen_b.load(Ordering::SeqCst),
+        6 * 20,
+        "every worker saw the new version"
+    );
+}

@@ -1,0 +1,45 @@
+//! The plugins under test, really compiled to wasm32-wasip2 — once per test run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The plugins workspace (`plugins/`).
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins")
+}
+
+/// Builds every plugin (a no-op when scripts/test.sh already did) and returns the folder
+/// holding the .wasm files.
+fn built() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = workspace();
+        let target_dir = dir.join("target");
+        let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&dir)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .output()
+            .expect("run cargo to build the plugins");
+        assert!(
+            output.status.success(),
+            "building plugins for wasm32-wasip2 failed (is the target installed? \
+             scripts/test.sh adds it):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target_dir.join("wasm32-wasip2/release")
+    })
+}
+
+/// The compiled component of plugin crate `crate_name` (e.g. "api_key_auth").
+pub fn plugin(crate_name: &str) -> Vec<u8> {
+    let path = built().join(format!("{crate_name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
