@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, DEFAULT_USER_ID_KEY, PluginRef, PluginsConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::plugins::registry::{Compiled, LoadError};
 use crate::plugins::{ChainEntry, Limits, PluginHost};
 use crate::rewrite::{HeaderEdits, PathRewrite};
 use crate::router::{Pattern, RouteSpec, Router};
@@ -120,18 +121,27 @@ impl Gateway {
         generation
     }
 
-    /// Compiles and initialises `bytes` as plugin `name` and puts it in force; on any
-    /// error the previous version keeps serving. Blocking: call it off the request path.
-    pub fn load_plugin(&self, name: &str, bytes: &[u8]) {
+    /// Compiles (on the blocking pool) and initialises `bytes` as plugin `name` and puts
+    /// it in force; on any error the previous version keeps serving.
+    pub async fn load_plugin(&self, name: &str, bytes: Vec<u8>) {
         if self
             .plugins
             .get(name)
-            .is_some_and(|v| v.digest == crate::plugins::registry::digest(bytes))
+            .is_some_and(|v| v.digest == crate::plugins::registry::digest(&bytes))
         {
             return;
         }
+        let size = bytes.len();
+        let owned = name.to_owned();
+        let compiled = tokio::task::spawn_blocking(move || Compiled::new(&owned, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
         let uses = self.snapshot().plugin_uses(name);
-        match self.plugins.load(name, bytes, &uses) {
+        let installed = match compiled {
+            Ok(compiled) => self.plugins.install(compiled, &uses).await,
+            Err(e) => Err(e),
+        };
+        match installed {
             Ok(version) => {
                 self.metrics
                     .plugin_loads
@@ -141,7 +151,7 @@ impl Gateway {
                     .plugin_version
                     .with_label_values(&[name])
                     .set(version.version as i64);
-                tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = bytes.len(), "plugin loaded");
+                tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = size, "plugin loaded");
             }
             Err(e) => {
                 self.metrics

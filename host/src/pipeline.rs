@@ -106,7 +106,8 @@ async fn process(
         &gateway.plugins,
         snapshot.global_plugins.iter().chain(&route.plugins),
         snapshot.config.plugins.on_error,
-    )?;
+    )
+    .await?;
     if !chain.is_empty() {
         let max_body = snapshot.config.plugins.max_body_bytes;
         let ctx = PluginContext {
@@ -164,14 +165,14 @@ async fn with_plugins(
         buffered.as_ref(),
     );
     if chain.has_on_request()
-        && let OnRequest::Respond { response, ran } = chain.on_request(&mut wreq)?
+        && let OnRequest::Respond { response, ran } = chain.on_request(&mut wreq).await?
     {
         let mut wresp = wit::Response {
             status: response.status,
             headers: response.headers,
             body: Some(response.body),
         };
-        chain.on_response(ran, &wreq, &mut wresp)?;
+        chain.on_response(ran, &wreq, &mut wresp).await?;
         return response_from_wit(wresp, None, None);
     }
 
@@ -221,7 +222,7 @@ async fn with_plugins(
         (Some(body), None)
     };
     let mut wresp = convert::response_to_wit(&parts, buffered.as_ref());
-    chain.on_response(chain.len(), &wreq, &mut wresp)?;
+    chain.on_response(chain.len(), &wreq, &mut wresp).await?;
     response_from_wit(
         wresp,
         body,

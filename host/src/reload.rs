@@ -43,6 +43,8 @@ pub fn watch(
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reading the file raises access events; reacting to those would loop.
+            Ok(event) if event.kind.is_access() => {}
             Ok(event) if event.paths.iter().any(|p| p.file_name() == name.as_deref()) => {
                 let _ = tx.send(());
             }

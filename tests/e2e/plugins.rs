@@ -314,21 +314,57 @@ async fn on_error_allow_skips_a_failing_plugin() {
 }
 
 #[tokio::test]
-async fn a_missing_plugin_or_failing_init_answers_with_on_error() {
+async fn a_missing_plugin_or_one_whose_init_always_fails_is_not_loaded() {
     let up = Upstream::start("u").await;
     let gw = gateway(&up, "", "\"not-there\"", &[]).await;
     let reply = get(&client(), &gw.url("/x"), &[]).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"], "plugin_failed");
-    let gw = gateway(&up, "", "\"bad-init\"", &[("bad-init", "bad_init")]).await;
-    let reply = get(&client(), &gw.url("/x"), &[]).await;
-    assert_eq!(reply.status, 500);
     assert!(
-        reply.json()["message"].as_str().unwrap().contains("init"),
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not_loaded"),
         "{}",
         reply.text()
     );
+    // bad-init refuses every config: the file is rejected at load.
+    let gw = gateway(&up, "", "\"bad-init\"", &[("bad-init", "bad_init")]).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 503);
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_plugin_loads_total{plugin=\"bad-init\",result=\"error\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_bad_config_fails_only_the_routes_that_use_it() {
+    let up = Upstream::start("u").await;
+    let config = format!(
+        "[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
+         [[routes]]\npath = \"/good\"\nupstream = \"u\"\nplugins = [{{ name = \"api-key-auth\", config = {{ keys = {{ k = \"alice\" }} }} }}]\n\
+         [[routes]]\npath = \"/bad\"\nupstream = \"u\"\nplugins = [{{ name = \"api-key-auth\", config = {{ keys = {{}} }} }}]\n",
+        up.addr
+    );
+    let auth = plugin("api_key_auth");
+    let gw = TestGateway::start_with_plugins(&config, &[("api-key-auth", &auth)]).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &gw.url("/good"), &[("x-api-key", "k")])
+            .await
+            .status,
+        200
+    );
+    let bad = get(&c, &gw.url("/bad"), &[("x-api-key", "k")]).await;
+    assert_eq!(bad.status, 500);
+    assert!(
+        bad.json()["message"].as_str().unwrap().contains("init"),
+        "{}",
+        bad.text()
+    );
 }
 
 /// Writes a plugin file the way a careful deploy does: a temp file, then a rename.
@@ -434,4 +470,25 @@ async fn a_hot_swap_under_load_fails_nothing_and_never_mixes_versions() {
         6 * 20,
         "every worker saw the new version"
     );
+}
+
+#[tokio::test]
+async fn the_walkthrough_plugin_works_as_the_examples_readme_says() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "",
+        r#"{ name = "hello", config = { greeting = "hello from wasm" } }"#,
+        &[("hello", "hello_plugin")],
+    )
+    .await;
+    let c = client();
+    let hello = get(&c, &gw.url("/hello"), &[]).await;
+    assert_eq!(
+        hello.json(),
+        serde_json::json!({"message": "hello from wasm", "version": "v1"})
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+    let proxied = get(&c, &gw.url("/"), &[]).await;
+    assert_eq!(proxied.headers["x-hello"], "hello from wasm (v1)");
 }

@@ -58,6 +58,13 @@ async fn a_broken_edit_is_rejected_and_the_old_config_keeps_serving() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(seen, "the broken edit was not noticed");
+    // Reading the file must not itself count as a change (no re-read loop).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_config_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(gw.gateway.snapshot().generation, generation);
     assert_eq!(get(&c, &gw.url("/ok"), &[]).await.status, 200);
 }

@@ -4,6 +4,9 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     additional_derives: [PartialEq],
+    // Exports are called with `call_async`: WASI's async host functions then run on
+    // our tokio runtime, and a long call yields at every epoch tick.
+    exports: { default: async },
 });
 
 // The world's `use types.{...}` already puts request, response, request-action,

@@ -46,16 +46,17 @@ pub enum OnRequest {
 impl<'a> Chain<'a> {
     /// Looks up each entry's plugin and what it wants. A plugin that is not loaded or
     /// fails `init` is skipped (`allow`) or fails the request (`deny`).
-    pub fn resolve(
+    pub async fn resolve(
         host: &PluginHost,
         entries: impl Iterator<Item = &'a ChainEntry>,
         on_error: OnError,
     ) -> Result<Self, PluginFailure> {
         let mut steps = Vec::new();
         for entry in entries {
-            let resolved = host
-                .resolve(entry)
-                .and_then(|pool| pool.info().map(|info| (pool, info)));
+            let resolved = match host.resolve(entry) {
+                Ok(pool) => pool.info().await.map(|info| (pool, info)),
+                Err(e) => Err(e),
+            };
             match resolved {
                 Ok((pool, info)) => steps.push(Step { entry, pool, info }),
                 Err(error) => failed(entry, error, on_error)?,
@@ -93,7 +94,7 @@ impl<'a> Chain<'a> {
     }
 
     /// Runs on-request hooks in order; each plugin sees the edits of those before it.
-    pub fn on_request(&self, req: &mut Request) -> Result<OnRequest, PluginFailure> {
+    pub async fn on_request(&self, req: &mut Request) -> Result<OnRequest, PluginFailure> {
         for (i, step) in self.steps.iter().enumerate() {
             if !step.info.on_request {
                 continue;
@@ -104,7 +105,9 @@ impl<'a> Chain<'a> {
             } else {
                 req.body.take()
             };
-            let result = self.call(step, Hook::OnRequest, || step.pool.on_request(req));
+            let started = Instant::now();
+            let result = step.pool.on_request(req).await;
+            let result = self.called(step, Hook::OnRequest, started, result);
             if hidden.is_some() {
                 req.body = hidden;
             }
@@ -125,7 +128,7 @@ impl<'a> Chain<'a> {
     }
 
     /// Runs on-response hooks of the first `ran` plugins in reverse order.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         ran: usize,
         req: &Request,
@@ -140,7 +143,9 @@ impl<'a> Chain<'a> {
             } else {
                 resp.body.take()
             };
-            let result = self.call(step, Hook::OnResponse, || step.pool.on_response(req, resp));
+            let started = Instant::now();
+            let result = step.pool.on_response(req, resp).await;
+            let result = self.called(step, Hook::OnResponse, started, result);
             if let Some(body) = body {
                 resp.body = Some(body);
             }
@@ -153,15 +158,14 @@ impl<'a> Chain<'a> {
         Ok(())
     }
 
-    /// One hook call, measured; `Ok(None)` when it failed and `on_error = allow`.
-    fn call<R>(
+    /// Records one hook call; `Ok(None)` when it failed and `on_error = allow`.
+    fn called<R>(
         &self,
         step: &Step<'_>,
         hook: Hook,
-        f: impl FnOnce() -> Result<R, CallError>,
+        started: Instant,
+        result: Result<R, CallError>,
     ) -> Result<Option<R>, PluginFailure> {
-        let started = Instant::now();
-        let result = f();
         step.entry
             .metrics
             .call(hook, started.elapsed().as_secs_f64());

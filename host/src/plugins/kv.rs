@@ -89,8 +89,8 @@ impl KvStore {
         self.lock().remove(key).is_some_and(|e| e.live(now))
     }
 
-    /// Adds `delta` to the counter at `key` (8-byte little-endian; a missing, expired or
-    /// non-counter value counts as 0) and returns the new value. `ttl` is set only when
+    /// Adds `delta` to the counter at `key` (stored as decimal text, so `get` reads it; a
+    /// missing, expired or non-numeric value counts as 0) and returns the new value. `ttl` is set only when
     /// the counter is created.
     pub fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         check_key(key)?;
@@ -99,16 +99,19 @@ impl KvStore {
         if let Some(entry) = entries.get_mut(key)
             && entry.live(now)
         {
-            let current = <[u8; 8]>::try_from(entry.value.as_slice()).map_or(0, i64::from_le_bytes);
+            let current = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .unwrap_or(0);
             let next = current.saturating_add(delta);
-            entry.value = next.to_le_bytes().to_vec();
+            entry.value = next.to_string().into_bytes();
             return Ok(next);
         }
         self.make_room(&mut entries, key, now);
         entries.insert(
             key.to_owned(),
             Entry {
-                value: delta.to_le_bytes().to_vec(),
+                value: delta.to_string().into_bytes(),
                 expires: ttl.map(|t| now + t),
             },
         );
@@ -180,6 +183,13 @@ mod tests {
         );
         kv.set("s", b"not a counter".to_vec(), None).unwrap();
         assert_eq!(kv.incr("s", 2, None), Ok(2));
+        assert_eq!(
+            kv.get("s"),
+            Some(b"2".to_vec()),
+            "counters read back as decimal text"
+        );
+        kv.set("n", b"40".to_vec(), None).unwrap();
+        assert_eq!(kv.incr("n", 2, None), Ok(42));
     }
 
     #[tokio::test(start_paused = true)]

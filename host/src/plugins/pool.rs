@@ -1,13 +1,16 @@
 //! Warm instances of one plugin version with one config: checked out per hook call,
-//! returned after a clean call, dropped after a trap (so a broken instance never serves
-//! again).
+//! returned after a clean call, dropped after a failure (so a broken instance never
+//! serves again).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{PluginInfo, PluginPre, Request, RequestAction, Response, ResponseEdits};
-use super::runtime::{EPOCH_TICK, PluginShared, Runtime, StoreState};
+use super::bindings::{
+    Plugin, PluginInfo, PluginPre, Request, RequestAction, Response, ResponseEdits,
+};
+use super::runtime::{PluginShared, Runtime, StoreState};
 
 /// Limits every call of a pool's instances runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,15 +18,6 @@ pub struct Limits {
     pub timeout_ms: u64,
     pub memory_bytes: usize,
     pub max_idle: usize,
-}
-
-impl Limits {
-    fn deadline_ticks(&self) -> u64 {
-        // +1: the current tick may be about to end.
-        self.timeout_ms
-            .div_ceil(EPOCH_TICK.as_millis().max(1) as u64)
-            + 1
-    }
 }
 
 /// Why a plugin call did not produce an answer.
@@ -59,7 +53,7 @@ impl CallError {
 
 struct Warm {
     store: Store<StoreState>,
-    plugin: super::bindings::Plugin,
+    plugin: Plugin,
 }
 
 /// Instances of one plugin version for one chain-entry config.
@@ -93,17 +87,13 @@ impl InstancePool {
         }
     }
 
-    pub fn name(&self) -> &Arc<str> {
-        &self.shared.name
-    }
-
     /// The hooks and bodies the plugin asked for (runs `init` on a fresh instance the
     /// first time).
-    pub fn info(&self) -> Result<PluginInfo, CallError> {
+    pub async fn info(&self) -> Result<PluginInfo, CallError> {
         if let Some(info) = *self.info.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(info);
         }
-        let warm = self.checkout()?;
+        let warm = self.checkout().await?;
         self.checkin(warm);
         self.info
             .lock()
@@ -111,47 +101,71 @@ impl InstancePool {
             .ok_or_else(|| CallError::Init("no plugin info".into()))
     }
 
-    pub fn on_request(&self, req: &Request) -> Result<RequestAction, CallError> {
-        self.call(|plugin, store| plugin.call_on_request(store, req))
+    pub async fn on_request(&self, req: &Request) -> Result<RequestAction, CallError> {
+        let mut warm = self.checkout().await?;
+        self.arm(&mut warm.store);
+        let result = warm.plugin.call_on_request(&mut warm.store, req).await;
+        self.finish(warm, result)
     }
 
-    pub fn on_response(&self, req: &Request, resp: &Response) -> Result<ResponseEdits, CallError> {
-        self.call(|plugin, store| plugin.call_on_response(store, req, resp))
-    }
-
-    fn call<R>(
+    pub async fn on_response(
         &self,
-        f: impl FnOnce(&super::bindings::Plugin, &mut Store<StoreState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        let mut warm = self.checkout()?;
-        warm.store.set_epoch_deadline(self.limits.deadline_ticks());
-        match f(&warm.plugin, &mut warm.store) {
-            Ok(result) => {
+        req: &Request,
+        resp: &Response,
+    ) -> Result<ResponseEdits, CallError> {
+        let mut warm = self.checkout().await?;
+        self.arm(&mut warm.store);
+        let result = warm
+            .plugin
+            .call_on_response(&mut warm.store, req, resp)
+            .await;
+        self.finish(warm, result)
+    }
+
+    /// Starts the clock for one call.
+    fn arm(&self, store: &mut Store<StoreState>) {
+        store.data_mut().call_deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
+        store.set_epoch_deadline(1);
+    }
+
+    fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, CallError> {
+        match result {
+            Ok(r) => {
                 self.checkin(warm);
-                Ok(result)
+                Ok(r)
             }
             // The instance is dropped here: after a trap its state cannot be trusted.
             Err(e) => Err(classify(&e, &warm.store)),
         }
     }
 
-    fn checkout(&self) -> Result<Warm, CallError> {
+    async fn checkout(&self) -> Result<Warm, CallError> {
         if let Some(warm) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(warm);
         }
         let state = StoreState::new(self.shared.clone(), self.limits.memory_bytes);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
-        store.set_epoch_deadline(self.limits.deadline_ticks());
-        let plugin = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| match classify(&e, &store) {
+        // At every epoch tick: past the call's deadline, trap; otherwise yield to the
+        // runtime so a long call does not hold the worker thread, and check again next
+        // tick.
+        store.epoch_deadline_callback(|store| {
+            if tokio::time::Instant::now() >= store.data().call_deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        self.arm(&mut store);
+        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            match classify(&e, &store) {
                 CallError::Trap(msg) => CallError::Instantiate(msg),
                 other => other,
-            })?;
-        store.set_epoch_deadline(self.limits.deadline_ticks());
-        let info = match plugin.call_init(&mut store, &self.config_json) {
+            }
+        })?;
+        self.arm(&mut store);
+        let info = match plugin.call_init(&mut store, &self.config_json).await {
             Ok(Ok(info)) => info,
             Ok(Err(refusal)) => return Err(CallError::Init(refusal)),
             Err(e) => {

@@ -97,8 +97,32 @@ pub enum LoadError {
     Runtime(String),
     #[error("{0}")]
     Compile(String),
-    #[error("init failed for config {config}: {error}")]
+    #[error("init failed for every config it is used with, e.g. {config}: {error}")]
     Init { config: String, error: CallError },
+    #[error("init fails for config {config}, which the loaded version accepts: {error}")]
+    Regression { config: String, error: CallError },
+}
+
+/// A plugin file compiled and checked against the world, not yet in service.
+pub struct Compiled {
+    name: Arc<str>,
+    digest: String,
+    pre: PluginPre<StoreState>,
+    runtime: Arc<Runtime>,
+}
+
+impl Compiled {
+    /// Compiles `bytes` as plugin `name`. CPU-heavy: run it on the blocking pool.
+    pub fn new(name: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+        let runtime = Runtime::get().map_err(LoadError::Runtime)?;
+        let pre = runtime.compile(bytes).map_err(LoadError::Compile)?;
+        Ok(Self {
+            name: Arc::from(name),
+            digest: digest(bytes),
+            pre,
+            runtime,
+        })
+    }
 }
 
 /// The plugins in force.
@@ -144,18 +168,16 @@ impl PluginHost {
         Ok(pool)
     }
 
-    /// Compiles `bytes` as plugin `name`, initialises it with every config it is used
-    /// with (`in_use`), and only then puts it in force. On error the previous version
-    /// (if any) stays.
-    pub fn load(
+    /// Initialises a compiled file with every config it is used with (`in_use`) and
+    /// then puts it in force. It is rejected (the previous version stays) when `init`
+    /// fails for every config in use, or for a config the previous version accepts. A
+    /// config that fails on its own is reported by the routes using it.
+    pub async fn install(
         &self,
-        name: &str,
-        bytes: &[u8],
+        compiled: Compiled,
         in_use: &[(Arc<str>, Limits)],
     ) -> Result<Arc<PluginVersion>, LoadError> {
-        let runtime = Runtime::get().map_err(LoadError::Runtime)?;
-        let pre = runtime.compile(bytes).map_err(LoadError::Compile)?;
-        let name: Arc<str> = Arc::from(name);
+        let name = compiled.name.clone();
         let kv = self
             .kv
             .lock()
@@ -166,23 +188,40 @@ impl PluginHost {
         let version = Arc::new(PluginVersion {
             name: name.clone(),
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
-            digest: digest(bytes),
-            pre,
+            digest: compiled.digest,
+            pre: compiled.pre,
             shared: Arc::new(PluginShared {
                 name: name.clone(),
                 kv,
             }),
-            runtime,
+            runtime: compiled.runtime,
             pools: Mutex::new(HashMap::new()),
         });
+        let previous = self.get(&name);
+        let mut failures = Vec::new();
         for (config, limits) in in_use {
-            version
-                .pool(config, *limits)
-                .info()
-                .map_err(|error| LoadError::Init {
+            let Err(error) = version.pool(config, *limits).info().await else {
+                continue;
+            };
+            if let Some(previous) = &previous
+                && previous.pool(config, *limits).info().await.is_ok()
+            {
+                return Err(LoadError::Regression {
                     config: config.to_string(),
                     error,
-                })?;
+                });
+            }
+            failures.push((config.clone(), error));
+        }
+        if !in_use.is_empty() && failures.len() == in_use.len() {
+            let (config, error) = failures.swap_remove(0);
+            return Err(LoadError::Init {
+                config: config.to_string(),
+                error,
+            });
+        }
+        for (config, error) in failures {
+            tracing::warn!(plugin = &*name, %config, "{error}; routes using this config answer per plugins.on_error");
         }
         self.loaded.rcu(|current| {
             let mut next = HashMap::clone(current);

@@ -48,7 +48,7 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| format!("wasm engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| format!("wasi linker: {e:#}"))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| format!("plugin linker: {e:#}"))?;
@@ -96,6 +96,8 @@ pub struct StoreState {
     /// Set when the limiter refused to grow memory (so a trap can be reported as
     /// "memory" rather than a plain trap).
     pub memory_denied: bool,
+    /// When the running call must stop (checked at every epoch tick).
+    pub call_deadline: tokio::time::Instant,
 }
 
 impl StoreState {
@@ -108,6 +110,7 @@ impl StoreState {
             shared,
             memory_limit,
             memory_denied: false,
+            call_deadline: tokio::time::Instant::now(),
         }
     }
 }

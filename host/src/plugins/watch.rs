@@ -63,6 +63,8 @@ pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify:
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reading a file raises access events; reacting to those would loop.
+            Ok(event) if event.kind.is_access() => {}
             Ok(event) => {
                 for name in event.paths.iter().filter_map(|p| plugin_name(p)) {
                     let _ = tx.send(name);
@@ -93,15 +95,7 @@ pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify:
 async fn sync_one(gateway: &Arc<Gateway>, dir: &Path, name: &str) {
     let path = dir.join(format!("{name}.wasm"));
     match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            let gateway = gateway.clone();
-            let name = name.to_owned();
-            let loaded =
-                tokio::task::spawn_blocking(move || gateway.load_plugin(&name, &bytes)).await;
-            if let Err(e) = loaded {
-                tracing::error!(error = %e, "plugin load task failed");
-            }
-        }
+        Ok(bytes) => gateway.load_plugin(name, bytes).await,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => gateway.unload_plugin(name),
         Err(e) => {
             tracing::error!(plugin = name, error = %e, "cannot read plugin file; keeping the loaded version")
