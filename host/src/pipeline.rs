@@ -176,24 +176,8 @@ async fn with_plugins(
         return response_from_wit(wresp, None, None);
     }
 
-    // Write the edited request back: headers, path and query, body.
-    let original_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
-    parts.headers = convert::headers_from_wit(&wreq.headers).map_err(plugin_output)?;
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body_replaced = wreq.body.is_some() && wreq.body.as_deref() != buffered.as_deref();
-    if body_replaced {
-        body = GatewayBody::full(wreq.body.take().unwrap_or_default());
-    } else if let Some(length) = original_length {
-        parts.headers.insert(header::CONTENT_LENGTH, length);
-    }
-    if wreq.path != path || wreq.query.as_deref() != parts.uri.query() {
-        let target = match &wreq.query {
-            Some(q) => format!("{}?{q}", wreq.path),
-            None => wreq.path.clone(),
-        };
-        parts.uri = target
-            .parse()
-            .map_err(|_| plugin_output(convert::InvalidEdit("path")))?;
+    if chain.has_on_request() {
+        write_back(&mut parts, &mut body, &mut wreq, &path, buffered.as_ref())?;
     }
     wreq.body = None;
 
@@ -228,6 +212,37 @@ async fn with_plugins(
         body,
         parts.headers.get(header::CONTENT_LENGTH).cloned(),
     )
+}
+
+/// Puts the plugins' view of the request back into the HTTP request: headers, path and
+/// query, body. Framing stays the gateway's: Content-Length is the client's unless a
+/// plugin replaced the body.
+fn write_back(
+    parts: &mut http::request::Parts,
+    body: &mut GatewayBody,
+    wreq: &mut wit::Request,
+    path: &str,
+    buffered: Option<&Bytes>,
+) -> Result<(), GatewayError> {
+    let original_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+    parts.headers = convert::headers_from_wit(&wreq.headers).map_err(plugin_output)?;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body_replaced = wreq.body.is_some() && wreq.body.as_deref() != buffered.map(|b| b.as_ref());
+    if body_replaced {
+        *body = GatewayBody::full(wreq.body.take().unwrap_or_default());
+    } else if let Some(length) = original_length {
+        parts.headers.insert(header::CONTENT_LENGTH, length);
+    }
+    if wreq.path != path || wreq.query.as_deref() != parts.uri.query() {
+        let target = match &wreq.query {
+            Some(q) => format!("{}?{q}", wreq.path),
+            None => wreq.path.clone(),
+        };
+        parts.uri = target
+            .parse()
+            .map_err(|_| plugin_output(convert::InvalidEdit("path")))?;
+    }
+    Ok(())
 }
 
 /// Builds the client response from the plugins' view of it. `streamed` is the upstream

@@ -15,13 +15,22 @@ use crate::support::wasm::plugin;
 use crate::support::{PATIENCE, Reply, TestGateway, client, get};
 
 /// A gateway with one upstream, `[plugins]` settings and one route `/*` whose chain is
-/// `route_plugins` (TOML array body), with the given plugin files in its folder.
+/// `route_plugins` (TOML array body), with the given plugin files in its folder. Unless a
+/// test is about time limits, hooks get a 1 s budget so a loaded CI machine cannot
+/// turn a slow call into a spurious timeout.
 async fn gateway(
     up: &Upstream,
     plugin_settings: &str,
     route_plugins: &str,
     files: &[(&str, &str)],
 ) -> TestGateway {
+    let relaxed;
+    let plugin_settings = if plugin_settings.contains("timeout_ms") {
+        plugin_settings
+    } else {
+        relaxed = format!("timeout_ms = 1000\n{plugin_settings}");
+        &relaxed
+    };
     let config = format!(
         "[plugins]\n{plugin_settings}\n[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
          [[routes]]\nname = \"all\"\npath = \"/*\"\nupstream = \"u\"\nplugins = [{route_plugins}]\n",
@@ -344,7 +353,7 @@ async fn a_missing_plugin_or_one_whose_init_always_fails_is_not_loaded() {
 async fn a_bad_config_fails_only_the_routes_that_use_it() {
     let up = Upstream::start("u").await;
     let config = format!(
-        "[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
+        "[plugins]\ntimeout_ms = 1000\n[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
          [[routes]]\npath = \"/good\"\nupstream = \"u\"\nplugins = [{{ name = \"api-key-auth\", config = {{ keys = {{ k = \"alice\" }} }} }}]\n\
          [[routes]]\npath = \"/bad\"\nupstream = \"u\"\nplugins = [{{ name = \"api-key-auth\", config = {{ keys = {{}} }} }}]\n",
         up.addr

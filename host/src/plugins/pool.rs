@@ -122,11 +122,15 @@ impl InstancePool {
         self.finish(warm, result)
     }
 
-    /// Starts the clock for one call.
+    /// Starts the clock for one hook call.
     fn arm(&self, store: &mut Store<StoreState>) {
-        store.data_mut().call_deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
-        store.set_epoch_deadline(1);
+        arm_for(store, self.limits.timeout_ms);
+    }
+
+    /// Starts the clock for instantiation plus `init`, which may do more work than a
+    /// hook (parse config, build tables): ten hook budgets, at least 500 ms.
+    fn arm_init(&self, store: &mut Store<StoreState>) {
+        arm_for(store, self.limits.timeout_ms.saturating_mul(10).max(500));
     }
 
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, CallError> {
@@ -164,7 +168,6 @@ impl InstancePool {
                 other => other,
             }
         })?;
-        self.arm(&mut store);
         let info = match plugin.call_init(&mut store, &self.config_json).await {
             Ok(Ok(info)) => info,
             Ok(Err(refusal)) => return Err(CallError::Init(refusal)),
@@ -185,6 +188,11 @@ impl InstancePool {
             idle.push(warm);
         }
     }
+}
+
+fn arm_for(store: &mut Store<StoreState>, millis: u64) {
+    store.data_mut().call_deadline = tokio::time::Instant::now() + Duration::from_millis(millis);
+    store.set_epoch_deadline(1);
 }
 
 fn classify(error: &wasmtime::Error, store: &Store<StoreState>) -> CallError {
