@@ -161,7 +161,7 @@ impl InstancePool {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        self.arm(&mut store);
+        self.arm_init(&mut store);
         let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             match classify(&e, &store) {
                 CallError::Trap(msg) => CallError::Instantiate(msg),
