@@ -190,9 +190,9 @@ plugin_quantiles() {
 import re, sys
 buckets = {}
 for line in open(sys.argv[1]):
-    m = re.match(r'fluxgate_plugin_call_duration_seconds_bucket\{hook="([^"]+)",le="([^"]+)",plugin="([^"]+)"\} (\d+)', line)
+    m = re.match(r'fluxgate_plugin_call_duration_seconds_bucket\{hook="([^"]+)",plugin="([^"]+)",le="([^"]+)"\} (\d+)', line)
     if m:
-        hook, le, plugin, n = m.groups()
+        hook, plugin, le, n = m.groups()
         buckets.setdefault((plugin, hook), []).append((float('inf') if le == '+Inf' else float(le), int(n)))
 def quantile(bs, q):
     bs.sort()

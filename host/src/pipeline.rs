@@ -164,19 +164,16 @@ async fn with_plugins(
         &ctx.found.params,
         buffered.as_ref(),
     );
-    if chain.has_on_request()
-        && let OnRequest::Respond { response, ran } = chain.on_request(&mut wreq).await?
-    {
-        let mut wresp = wit::Response {
-            status: response.status,
-            headers: response.headers,
-            body: Some(response.body),
-        };
-        chain.on_response(ran, &wreq, &mut wresp).await?;
-        return response_from_wit(wresp, None, None);
-    }
-
     if chain.has_on_request() {
+        if let OnRequest::Respond { response, ran } = chain.on_request(&mut wreq).await? {
+            let mut wresp = wit::Response {
+                status: response.status,
+                headers: response.headers,
+                body: Some(response.body),
+            };
+            chain.on_response(ran, &wreq, &mut wresp).await?;
+            return response_from_wit(wresp, None, None);
+        }
         write_back(&mut parts, &mut body, &mut wreq, &path, buffered.as_ref())?;
     }
     wreq.body = None;
