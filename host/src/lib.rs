@@ -4,7 +4,9 @@
 //! - `config`    gateway.toml schema, parsing with key paths, validation
 //! - `gateway`   state: the config snapshot behind ArcSwap + what outlives snapshots
 //! - `server`    accept loop, HTTP/1.1 limits, slowloris 408, graceful drain
-//! - `pipeline`  the ordered request path: limits → admin → normalise → route → forward
+//! - `pipeline`  the ordered request path: limits → admin → normalise → route →
+//!   plugins on-request → forward → response edits → plugins on-response
+//! - `plugins`   WebAssembly plugins: bindings, engine, instance pools, chains, folder watch
 //! - `router`    path patterns and most-specific-first matching (pure)
 //! - `user_id`   user identification for per-user routes (pure)
 //! - `balancer`  load-balancing algorithms (pure)
