@@ -18,12 +18,14 @@
 //! - `body`      body types and the end-of-response hook
 //! - `error`     GatewayError and its one conversion to a JSON response
 //! - `reload`    config file watcher
+//! - `dir_watch` debounced folder watching (config and plugin folder)
 //! - `telemetry` log setup
 
 pub mod admin;
 pub mod balancer;
 pub mod body;
 pub mod config;
+pub mod dir_watch;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -2,29 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigError};
+use crate::dir_watch::{self, DirWatch};
 use crate::gateway::Gateway;
-
-/// Editors save in bursts (truncate, write, rename); changes are gathered for this long
-/// before the file is read.
-const SETTLE: Duration = Duration::from_millis(100);
 
 /// Watches a config file while alive; dropping it stops the watch.
 pub struct ConfigWatcher {
-    _watcher: notify::RecommendedWatcher,
-    task: JoinHandle<()>,
-}
-
-impl Drop for ConfigWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _watch: DirWatch,
 }
 
 /// Starts watching `path`. `adjust` is applied to every new config before it is used
@@ -35,28 +20,17 @@ pub fn watch(
     adjust: impl Fn(&mut Config) + Send + 'static,
 ) -> Result<ConfigWatcher, notify::Error> {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    // Watch the directory: editors often replace the file, which ends a watch on it.
     let dir = path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_owned);
     let name = path.file_name().map(ToOwned::to_owned);
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Reading the file raises access events; reacting to those would loop.
-            Ok(event) if event.kind.is_access() => {}
-            Ok(event) if event.paths.iter().any(|p| p.file_name() == name.as_deref()) => {
-                let _ = tx.send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "config watch error"),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let (watch, mut changes) = dir_watch::watch(&dir, move |p| {
+        (p.file_name() == name.as_deref()).then_some(())
+    })?;
     let mut last_text = std::fs::read_to_string(&path).ok();
-    let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
+    // Ends when the watch is dropped (its batches close).
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(text) => text,
                 Err(e) => {
@@ -89,10 +63,7 @@ pub fn watch(
             last_text = Some(text);
         }
     });
-    Ok(ConfigWatcher {
-        _watcher: watcher,
-        task,
-    })
+    Ok(ConfigWatcher { _watch: watch })
 }
 
 fn reject(gateway: &Gateway, error: &ConfigError) {

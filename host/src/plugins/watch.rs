@@ -2,31 +2,16 @@
 //! a file takes effect without a restart. Compilation runs on the blocking pool, off the
 //! request path.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::config::validate::is_plugin_name;
+use crate::dir_watch::{self, DirWatch};
 use crate::gateway::Gateway;
-
-/// Writes are gathered this long before a file is read (copies land in pieces).
-const SETTLE: Duration = Duration::from_millis(100);
 
 /// Watches the plugin folder while alive.
 pub struct PluginWatcher {
-    _watcher: notify::RecommendedWatcher,
-    task: JoinHandle<()>,
-}
-
-impl Drop for PluginWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _watch: DirWatch,
 }
 
 /// The plugin name of a path, if it is `NAME.wasm` with a valid name.
@@ -59,36 +44,17 @@ pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify:
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin folder");
     }
-    let dir: PathBuf = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Reading a file raises access events; reacting to those would loop.
-            Ok(event) if event.kind.is_access() => {}
-            Ok(event) => {
-                for name in event.paths.iter().filter_map(|p| plugin_name(p)) {
-                    let _ = tx.send(name);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "plugin folder watch error"),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let task = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut names = BTreeSet::from([first]);
-            tokio::time::sleep(SETTLE).await;
-            while let Ok(name) = rx.try_recv() {
-                names.insert(name);
-            }
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    let (watch, mut changes) = dir_watch::watch(&dir, plugin_name)?;
+    // Ends when the watch is dropped (its batches close).
+    tokio::spawn(async move {
+        while let Some(names) = changes.recv().await {
             for name in names {
                 sync_one(&gateway, &dir, &name).await;
             }
         }
     });
-    Ok(PluginWatcher {
-        _watcher: watcher,
-        task,
-    })
+    Ok(PluginWatcher { _watch: watch })
 }
 
 /// Brings plugin `name` in line with its file: load a new version, or unload.
