@@ -16,11 +16,16 @@ struct Process {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The process's working folder (it creates `plugins.d` there when run without a
+    /// config), so tests never write into the source tree.
+    _cwd: tempfile::TempDir,
 }
 
 impl Process {
     fn start(args: &[&str]) -> Self {
+        let cwd = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(BIN)
+            .current_dir(cwd.path())
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -40,6 +45,7 @@ impl Process {
             child,
             lines,
             seen: Vec::new(),
+            _cwd: cwd,
         }
     }
 
