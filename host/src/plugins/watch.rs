@@ -26,7 +26,7 @@ pub fn plugin_name(path: &Path) -> Option<String> {
 /// Loads every plugin file in `dir` now (a missing folder means no plugins).
 pub async fn load_all(gateway: &Arc<Gateway>, dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        tracing::info!(dir = %dir.display(), "no plugin folder; no plugins loaded");
+        tracing::info!(dir = %dir.display(), "plugin folder does not exist yet: it is created and watched for NAME.wasm files");
         return;
     };
     let mut names: Vec<String> = entries
