@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::ChannelBody;
+
 pub struct Upstream {
     pub addr: SocketAddr,
     /// TCP connections accepted so far.
@@ -145,7 +147,7 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
                 release.notified().await;
                 let _ = tx.send(Bytes::from_static(b"second")).await;
             });
-            return Ok(Response::new(UpstreamBody::Channel(rx)));
+            return Ok(Response::new(UpstreamBody::Channel(ChannelBody(rx))));
         }
         ["upload"] => {
             let mut body = req.into_body();
@@ -199,7 +201,7 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
 /// Fixed or channel-fed response body.
 pub enum UpstreamBody {
     Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Bytes>),
+    Channel(ChannelBody),
 }
 
 impl UpstreamBody {
@@ -218,7 +220,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut *self {
             UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBody::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c)))),
+            UpstreamBody::Channel(body) => Pin::new(body).poll_frame(cx),
         }
     }
 }
