@@ -19,7 +19,9 @@
 #   BENCH_SETUPS           which setups to run, space-separated
 #                          (default "direct nginx fluxgate fg-rewrite fg-auth-rewrite":
 #                          fg-rewrite = fluxgate + header-rewrite plugin,
-#                          fg-auth-rewrite = fluxgate + api-key-auth + header-rewrite)
+#                          fg-auth-rewrite = fluxgate + api-key-auth + header-rewrite;
+#                          also available: fg-limits = fluxgate + route and per-user
+#                          token-bucket limits that never refuse)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
 #   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt)
 set -euo pipefail
@@ -259,7 +261,7 @@ ensure_tools
 mkdir -p "$OUT"
 cd "$ROOT"
 
-if [[ " $SETUPS " == *" fg-"* ]]; then
+if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* ]]; then
     log "building the plugins (wasm32-wasip2, release)"
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
     (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2)
@@ -312,6 +314,15 @@ for setup in $SETUPS; do
             pid="$STARTED_PID"
             wait_ready fluxgate "$pid" "$FLUXGATE_PORT"
             run_wrk fluxgate "$FLUXGATE_PORT" "$pid"
+            stop_pid "$pid"
+            ;;
+        fg-limits)
+            render "$BENCH/fluxgate-limits.toml.tmpl" "$OUT/fg-limits.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+            start fg-limits taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/fg-limits.toml"
+            pid="$STARTED_PID"
+            wait_ready fg-limits "$pid" "$FLUXGATE_PORT"
+            run_wrk fg-limits "$FLUXGATE_PORT" "$pid"
             stop_pid "$pid"
             ;;
         fg-rewrite | fg-auth-rewrite)

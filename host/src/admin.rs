@@ -1,6 +1,10 @@
-//! Endpoints the gateway answers itself on the main listener: health and metrics.
+//! Endpoints the gateway answers itself on the main listener: health, upstream state
+//! and metrics.
+
+use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use tokio::time::Instant;
 
 use crate::body::GatewayBody;
 use crate::config::validate::RESERVED_PATHS;
@@ -21,7 +25,8 @@ pub fn answer<B>(
         }));
     }
     Some(Ok(match path {
-        "/metrics" => metrics(gateway),
+        "/metrics" => metrics(gateway, snapshot),
+        "/api/v1/upstreams" => upstreams(snapshot),
         _ => health(gateway, snapshot),
     }))
 }
@@ -42,8 +47,77 @@ fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
     json_response(StatusCode::OK, &body)
 }
 
+/// `GET /api/v1/upstreams`: every group and target with its health, breaker state,
+/// in-flight and total requests.
+fn upstreams(snapshot: &Snapshot) -> Response<GatewayBody> {
+    let now = Instant::now();
+    let mut groups: Vec<_> = snapshot.upstreams.values().collect();
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    let groups: Vec<serde_json::Value> = groups
+        .into_iter()
+        .map(|group| {
+            let targets: Vec<serde_json::Value> = group
+                .targets
+                .iter()
+                .map(|t| {
+                    let health = &t.stats.health;
+                    let ejected_ms = health.ejected_for(now).map(|d| d.as_millis() as u64);
+                    serde_json::json!({
+                        "url": &*t.url,
+                        "weight": t.weight,
+                        "available": t.is_available(now),
+                        "health": if !health.active_ok() {
+                            "unhealthy"
+                        } else if ejected_ms.is_some() {
+                            "ejected"
+                        } else {
+                            "healthy"
+                        },
+                        "ejected_for_ms": ejected_ms,
+                        "breaker": t.breaker.as_ref().map(|b| b.state().as_str()),
+                        "in_flight": t.stats.in_flight.load(Ordering::Relaxed),
+                        "requests": t.stats.requests.load(Ordering::Relaxed),
+                        "failures": t.stats.failures.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": &*group.name,
+                "balancer": group.kind,
+                "health_check": snapshot.config.upstreams.get(&*group.name).is_some_and(|c| c.health_check.is_some()),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::json!({ "upstreams": groups }))
+}
+
+/// Brings the per-target gauges (health, breaker) up to date; they are read at
+/// scrape time because an open breaker turns half-open by time alone.
+fn refresh_target_gauges(gateway: &Gateway, snapshot: &Snapshot) {
+    let m = &gateway.metrics;
+    m.target_healthy.reset();
+    m.breaker_state.reset();
+    let now = Instant::now();
+    for group in snapshot.upstreams.values() {
+        for t in &group.targets {
+            let labels = [&*group.name, &*t.url];
+            let serving = t.stats.health.is_serving(now);
+            m.target_healthy
+                .with_label_values(&labels)
+                .set(i64::from(serving));
+            if let Some(b) = &t.breaker {
+                m.breaker_state
+                    .with_label_values(&labels)
+                    .set(b.state().gauge());
+            }
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
-fn metrics(gateway: &Gateway) -> Response<GatewayBody> {
+fn metrics(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
+    refresh_target_gauges(gateway, snapshot);
     let mut response = Response::new(GatewayBody::full(gateway.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

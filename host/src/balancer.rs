@@ -16,6 +16,9 @@ pub struct Candidate {
     pub in_flight: usize,
     /// A stable hash of the target's identity (for ip_hash).
     pub id_hash: u64,
+    /// False while the target is unhealthy, ejected or behind an open breaker (or was
+    /// already tried by this request): it is skipped, the others keep their order.
+    pub available: bool,
 }
 
 /// A balancer with its own state; one per upstream group and config snapshot.
@@ -45,14 +48,21 @@ impl Balancer {
         }
     }
 
-    /// Index of the chosen candidate; `None` only when there are no candidates.
+    /// Index of the chosen available candidate; `None` when none is available.
     pub fn pick(&self, candidates: &[Candidate], client_ip: IpAddr) -> Option<usize> {
         let n = candidates.len();
-        if n <= 1 {
-            return (n == 1).then_some(0);
+        let available = candidates.iter().filter(|c| c.available).count();
+        if available <= 1 {
+            return candidates.iter().position(|c| c.available);
         }
         Some(match self {
-            Balancer::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % n,
+            Balancer::RoundRobin(next) => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| candidates[i].available)
+                    .unwrap_or(0)
+            }
             Balancer::WeightedRoundRobin(current) => {
                 // A poisoned lock only means another picker panicked mid-update; the
                 // weights are still usable numbers.
@@ -67,16 +77,18 @@ impl Balancer {
             Balancer::IpHash => {
                 let ip = hash_ip(client_ip);
                 (0..n)
+                    .filter(|&i| candidates[i].available)
                     .max_by_key(|&i| mix(ip ^ candidates[i].id_hash))
                     .unwrap_or(0)
             }
             Balancer::Random => {
-                let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
+                let weight = |c: &Candidate| if c.available { u64::from(c.weight) } else { 0 };
+                let total: u64 = candidates.iter().map(weight).sum();
                 let mut ticket = rand::rng().random_range(0..total.max(1));
                 candidates
                     .iter()
                     .position(|c| {
-                        let w = u64::from(c.weight);
+                        let w = weight(c);
                         if ticket < w {
                             true
                         } else {
@@ -92,17 +104,22 @@ impl Balancer {
 
 /// Each pick adds every weight to its current value, takes the largest and subtracts
 /// the total from it: weights 5,1,1 give a a b a c a a rather than a a a a a b c.
+/// Unavailable targets take no part (as nginx skips peers that are down).
 fn smooth_weighted(current: &mut [i64], candidates: &[Candidate]) -> usize {
     let mut total = 0i64;
-    let mut best = 0;
+    let mut best = None::<usize>;
     for (i, c) in candidates.iter().enumerate() {
+        if !c.available {
+            continue;
+        }
         let w = i64::from(c.weight);
         current[i] += w;
         total += w;
-        if current[i] > current[best] {
-            best = i;
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
         }
     }
+    let best = best.unwrap_or(0);
     current[best] -= total;
     best
 }
@@ -110,9 +127,15 @@ fn smooth_weighted(current: &mut [i64], candidates: &[Candidate]) -> usize {
 /// Fewest in-flight requests per unit of weight; ties broken by rotating start.
 fn least_loaded(candidates: &[Candidate], start: usize) -> usize {
     let n = candidates.len();
-    let mut best = start % n;
+    let mut best = (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| candidates[i].available)
+        .unwrap_or(0);
     for step in 1..n {
         let i = (start + step) % n;
+        if !candidates[i].available {
+            continue;
+        }
         let (a, b) = (&candidates[i], &candidates[best]);
         // a.in_flight / a.weight < b.in_flight / b.weight, without division.
         if (a.in_flight as u128) * u128::from(b.weight)
@@ -158,6 +181,7 @@ mod tests {
                 weight,
                 in_flight: 0,
                 id_hash: stable_hash(format!("t{i}").as_bytes()),
+                available: true,
             })
             .collect()
     }
@@ -228,6 +252,39 @@ mod tests {
         let seq = picks(&b, &cands(&[9, 1]), 5000);
         let heavy = seq.iter().filter(|&&i| i == 0).count();
         assert!((4200..4800).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn unavailable_targets_are_skipped_by_every_algorithm() {
+        let ip = "10.1.2.3".parse().unwrap();
+        let kinds = [
+            BalancerKind::RoundRobin,
+            BalancerKind::WeightedRoundRobin,
+            BalancerKind::LeastConnections,
+            BalancerKind::IpHash,
+            BalancerKind::Random,
+        ];
+        for kind in kinds {
+            let b = Balancer::new(kind, 3);
+            let mut c = cands(&[1, 5, 1]);
+            c[1].available = false;
+            let seen: Vec<usize> = (0..60).map(|_| b.pick(&c, ip).unwrap()).collect();
+            assert!(!seen.contains(&1), "{kind:?} picked an unavailable target");
+            if kind != BalancerKind::IpHash {
+                assert!(seen.contains(&0) && seen.contains(&2), "{kind:?}: {seen:?}");
+            }
+            c[0].available = false;
+            c[2].available = false;
+            assert_eq!(b.pick(&c, ip), None, "{kind:?}");
+            c[2].available = true;
+            assert_eq!(b.pick(&c, ip), Some(2), "{kind:?}");
+        }
+        // Smooth weighting stays exact over the targets that remain.
+        let b = Balancer::new(BalancerKind::WeightedRoundRobin, 3);
+        let mut c = cands(&[5, 9, 1]);
+        c[1].available = false;
+        let seq = picks(&b, &c, 60);
+        assert_eq!(seq.iter().filter(|&&i| i == 0).count(), 50);
     }
 
     #[test]

@@ -17,6 +17,17 @@ pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Streamed { #[pin] body: Incoming },
+        /// A streamed body whose first bytes were already read (by the cache, which
+        /// gave up storing it): those bytes, then the rest of the stream.
+        Resumed { head: Option<Bytes>, #[pin] body: Incoming },
+    }
+}
+
+// Written out: pin_project_lite does not pass `#[default]` through to the enum.
+#[allow(clippy::derivable_impls)]
+impl Default for GatewayBody {
+    fn default() -> Self {
+        GatewayBody::Empty
     }
 }
 
@@ -51,6 +62,10 @@ impl Body for GatewayBody {
             GatewayBodyProj::Empty => Poll::Ready(None),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Streamed { body } => body.poll_frame(cx),
+            GatewayBodyProj::Resumed { head, body } => match head.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => body.poll_frame(cx),
+            },
         }
     }
 
@@ -59,6 +74,7 @@ impl Body for GatewayBody {
             GatewayBody::Empty => true,
             GatewayBody::Full { data } => data.is_none(),
             GatewayBody::Streamed { body } => body.is_end_stream(),
+            GatewayBody::Resumed { head, body } => head.is_none() && body.is_end_stream(),
         }
     }
 
@@ -69,6 +85,16 @@ impl Body for GatewayBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             GatewayBody::Streamed { body } => body.size_hint(),
+            GatewayBody::Resumed { head, body } => {
+                let extra = head.as_ref().map_or(0, |h| h.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + extra);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

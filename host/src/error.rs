@@ -34,6 +34,23 @@ pub enum GatewayError {
     ResponseTooLarge { limit: usize },
     #[error("plugin \"{plugin}\" failed ({kind})")]
     Plugin { plugin: String, kind: &'static str },
+    #[error("rate limit exceeded ({scope} limit); retry in {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("CORS preflight refused: {0}")]
+    CorsRejected(String),
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    #[error("no registered instance with id \"{0}\"")]
+    UnknownInstance(String),
+    #[error("instance \"{id}\" is owned by node {node}: heartbeat there or re-register here")]
+    OwnedElsewhere { id: String, node: String },
+    #[error("this write needs Authorization: Bearer <admin token>")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 impl From<crate::plugins::PluginFailure> for GatewayError {
@@ -64,6 +81,13 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
+            GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::UnknownInstance(_) => StatusCode::NOT_FOUND,
+            GatewayError::OwnedElsewhere { .. } => StatusCode::CONFLICT,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -82,6 +106,13 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::ResponseTooLarge { .. } => "response_too_large",
             GatewayError::Plugin { .. } => "plugin_failed",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::CorsRejected(_) => "cors_rejected",
+            GatewayError::InvalidField { .. } => "invalid_field",
+            GatewayError::UnknownInstance(_) => "unknown_instance",
+            GatewayError::OwnedElsewhere { .. } => "owned_elsewhere",
+            GatewayError::Unauthorized => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -93,16 +124,37 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allowed, .. } => Some(*allowed),
             _ => None,
         };
-        let body = serde_json::json!({
+        let retry_after = match &self {
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut body = serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),
             "status": status.as_u16(),
         });
+        if let GatewayError::InvalidField { field, .. } = &self {
+            body["field"] = serde_json::Value::from(field.as_str());
+        }
+        let unauthorized = matches!(self, GatewayError::Unauthorized);
         let mut response = json_response(status, &body);
         if let Some(allowed) = allow {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fluxgate\""),
+            );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

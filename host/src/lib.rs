@@ -4,8 +4,12 @@
 //! - `config`    gateway.toml schema, parsing with key paths, validation
 //! - `gateway`   state: the config snapshot behind ArcSwap + what outlives snapshots
 //! - `server`    accept loop, HTTP/1.1 limits, slowloris 408, graceful drain
-//! - `pipeline`  the ordered request path: limits → admin → normalise → route →
-//!   plugins on-request → forward → response edits → plugins on-response
+//! - `pipeline`  the ordered request path: limits → admin → normalise → route → CORS
+//!   preflight → plugins on-request → rate limits → cache → breaker/balancer/forward
+//!   with retries → response edits → plugins on-response → CORS headers
+//! - `registry`  service registry: model, replicated store, management API, `/S/*` routes
+//! - `policy`    rate limits, breaker, retries, cache, health checks, CORS (state
+//!   machines with time passed in)
 //! - `plugins`   WebAssembly plugins: bindings, engine, instance pools, chains, folder watch
 //! - `router`    path patterns and most-specific-first matching (pure)
 //! - `user_id`   user identification for per-user routes (pure)
@@ -13,7 +17,7 @@
 //! - `upstream`  upstream groups, target counters, pooled HTTP client
 //! - `headers`   hop-by-hop removal, X-Forwarded-*
 //! - `rewrite`   path prefix rewrites and header edits
-//! - `admin`     /api/v1/health and /metrics
+//! - `admin`     /api/v1/health, /api/v1/upstreams and /metrics
 //! - `metrics`   Prometheus registry
 //! - `body`      body types and the end-of-response hook
 //! - `error`     GatewayError and its one conversion to a JSON response
@@ -27,11 +31,14 @@ pub mod body;
 pub mod config;
 pub mod dir_watch;
 pub mod error;
+pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
+pub mod policy;
+pub mod registry;
 pub mod reload;
 pub mod rewrite;
 pub mod router;
@@ -39,6 +46,7 @@ pub mod server;
 pub mod telemetry;
 pub mod upstream;
 pub mod user_id;
+pub mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,5 +61,18 @@ pub async fn run(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    server::serve(listener, gateway, shutdown).await
+    let maintenance = tokio::spawn(registry_maintenance(gateway.clone()));
+    let served = server::serve(listener, gateway, shutdown).await;
+    maintenance.abort();
+    served
+}
+
+/// Expires registry instances whose TTL passed, once a second.
+async fn registry_maintenance(gateway: Arc<Gateway>) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        gateway.expire_registrations();
+    }
 }

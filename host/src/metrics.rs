@@ -38,6 +38,20 @@ pub struct Metrics {
     pub plugin_version: IntGaugeVec,
     /// Plugin file loads by plugin and result (ok, error).
     pub plugin_loads: IntCounterVec,
+    /// Requests refused with 429, by route and scope (route, user).
+    pub rate_limited: IntCounterVec,
+    /// Cache lookups by route and result (hit, miss, bypass).
+    pub cache_lookups: IntCounterVec,
+    /// Retries by upstream group and outcome (sent, budget_exhausted).
+    pub retries: IntCounterVec,
+    /// 1 while a target gets traffic (healthy, not ejected), by group and target.
+    pub target_healthy: IntGaugeVec,
+    /// Health transitions by group, target and new state (healthy, unhealthy, ejected).
+    pub health_changes: IntCounterVec,
+    /// Circuit breaker state per target: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// Open WebSocket tunnels.
+    pub websockets: IntGauge,
 }
 
 impl Metrics {
@@ -109,6 +123,46 @@ impl Metrics {
             ),
             &["plugin", "result"],
         );
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429, by route and scope",
+            ),
+            &["route", "scope"],
+        );
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "cache_lookups_total",
+                "Response cache lookups by route and result",
+            ),
+            &["route", "result"],
+        );
+        let retries = IntCounterVec::new(
+            Opts::new("retries_total", "Upstream retries by group and outcome"),
+            &["upstream", "outcome"],
+        );
+        let target_healthy = IntGaugeVec::new(
+            Opts::new(
+                "target_healthy",
+                "1 while a target gets traffic (healthy and not ejected)",
+            ),
+            &["upstream", "target"],
+        );
+        let health_changes = IntCounterVec::new(
+            Opts::new(
+                "target_health_changes_total",
+                "Target health transitions, by new state",
+            ),
+            &["upstream", "target", "state"],
+        );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "circuit_breaker_state",
+                "Circuit breaker state per target: 0 closed, 1 half-open, 2 open",
+            ),
+            &["upstream", "target"],
+        );
+        let websockets = IntGauge::new("websocket_connections", "Open WebSocket tunnels");
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; unwrap_or_else keeps that out of the panic path.
         let metrics = Self {
@@ -123,6 +177,13 @@ impl Metrics {
             plugin_call_duration: plugin_call_duration.unwrap_or_else(|e| unreachable!("{e}")),
             plugin_version: plugin_version.unwrap_or_else(|e| unreachable!("{e}")),
             plugin_loads: plugin_loads.unwrap_or_else(|e| unreachable!("{e}")),
+            rate_limited: rate_limited.unwrap_or_else(|e| unreachable!("{e}")),
+            cache_lookups: cache_lookups.unwrap_or_else(|e| unreachable!("{e}")),
+            retries: retries.unwrap_or_else(|e| unreachable!("{e}")),
+            target_healthy: target_healthy.unwrap_or_else(|e| unreachable!("{e}")),
+            health_changes: health_changes.unwrap_or_else(|e| unreachable!("{e}")),
+            breaker_state: breaker_state.unwrap_or_else(|e| unreachable!("{e}")),
+            websockets: websockets.unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
         for collector in [
@@ -137,6 +198,13 @@ impl Metrics {
             Box::new(metrics.plugin_call_duration.clone()),
             Box::new(metrics.plugin_version.clone()),
             Box::new(metrics.plugin_loads.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.cache_lookups.clone()),
+            Box::new(metrics.retries.clone()),
+            Box::new(metrics.target_healthy.clone()),
+            Box::new(metrics.health_changes.clone()),
+            Box::new(metrics.breaker_state.clone()),
+            Box::new(metrics.websockets.clone()),
         ] {
             if let Err(e) = metrics.registry.register(collector) {
                 unreachable!("metric registration: {e}");

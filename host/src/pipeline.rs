@@ -1,8 +1,10 @@
 //! The request path, in order. `handle` is the whole story of a request:
 //!
 //! ```text
-//! limits → admin endpoints → path normalisation → route match
-//!   → plugins on-request → forward → response edits → plugins on-response
+//! limits → admin and registry endpoints → path normalisation → route match → CORS preflight
+//!   → plugins on-request → rate limits → cache lookup → forward (breaker, balancer,
+//!   retries) → response edits → cache store → plugins on-response
+//!   → CORS and RateLimit headers (on every answer of the route, errors included)
 //! ```
 //!
 //! Each phase is a small function that either passes the request on or returns a
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -26,14 +28,22 @@ use crate::admin;
 use crate::body::{GatewayBody, ObservedBody, OnBodyEnd};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
+use crate::forward;
 use crate::gateway::{Gateway, Route, Snapshot};
-use crate::headers::{add_forwarded, strip_hop_by_hop};
+use crate::headers::strip_hop_by_hop;
 use crate::metrics::RouteMetrics;
 use crate::plugins::bindings as wit;
 use crate::plugins::{Chain, OnRequest, convert};
+use crate::policy::cache_policy::{self, RequestCacheMode};
+use crate::policy::cors::{Cors, Preflight};
+use crate::policy::rate_limit::Decision;
+use crate::policy::response_cache::{self, Lookup, ResponseCache};
+use crate::policy::{LimitScope, rate_limit_headers};
+use crate::registry;
 use crate::router::RouteMatch;
-use crate::upstream::{InFlight, Target};
+use crate::upstream::InFlight;
 use crate::user_id::{self, RequestView};
+use crate::websocket;
 
 /// Largest form body read to find a `form:` user id.
 const MAX_FORM_BODY: usize = 64 * 1024;
@@ -69,13 +79,14 @@ pub async fn handle(
 ) -> Result<Response<ObservedBody>, Infallible> {
     let snapshot = gateway.snapshot();
     let mut log = RequestLog::new(gateway.clone(), &snapshot.config.server, &req, peer.ip);
-    let response = match process(&gateway, &snapshot, req, &peer, &mut log).await {
+    let mut response = match process(&gateway, &snapshot, req, &peer, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             log.error = Some(error.code());
             error.into_response()
         }
     };
+    finish_headers(&snapshot, &mut log, response.headers_mut());
     log.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
@@ -97,11 +108,23 @@ async fn process(
         log.route = Some(gateway.admin_metrics.clone());
         return response;
     }
+    if registry::api::PATHS.contains(&req.uri().path()) {
+        log.route = Some(gateway.admin_metrics.clone());
+        return registry::api::answer(gateway, snapshot, req, peer.ip).await;
+    }
     let path = normalise_path(req.uri().path())?.into_owned();
     let (req, form) = read_form_if_needed(snapshot, req.map(GatewayBody::streamed)).await?;
     let found = match_route(snapshot, &req, &path, form.as_deref(), peer.ip)?;
     let route = &snapshot.routes[found.index];
     log.route = Some(route.metrics.clone());
+    log.route_index = Some(found.index);
+    if let Some(cors) = &route.policies.cors {
+        // A preflight answer carries its own CORS headers; others get them at the end.
+        if Cors::is_preflight(req.method(), req.headers()) {
+            return cors_preflight(cors, req.headers());
+        }
+        log.origin = req.headers().get(header::ORIGIN).cloned();
+    }
     let chain = Chain::resolve(
         &gateway.plugins,
         snapshot.global_plugins.iter().chain(&route.plugins),
@@ -115,11 +138,223 @@ async fn process(
             found: &found,
             peer,
             max_body,
+            form: form.as_deref(),
         };
         return with_plugins(gateway, &chain, ctx, req, path, log).await;
     }
-    let response = forward(gateway, route, req, &path, peer, log).await?;
-    Ok(edit_response(route, response))
+    upstream_phases(gateway, route, req, &path, peer, form.as_deref(), log).await
+}
+
+/// Phase 5 — CORS preflight, answered before plugins run (an auth plugin would refuse
+/// the credential-less OPTIONS a browser sends).
+fn cors_preflight(
+    cors: &Cors,
+    headers: &http::HeaderMap,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match cors.preflight(headers) {
+        Preflight::Allowed(allowed) => {
+            let mut response = Response::new(GatewayBody::empty());
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            *response.headers_mut() = allowed;
+            Ok(response)
+        }
+        Preflight::Rejected(reason) => Err(GatewayError::CorsRejected(reason)),
+    }
+}
+
+/// Phases 7 to 11, between the plugins' on-request and on-response: rate limits,
+/// then (for a WebSocket handshake) the tunnel, or the cache and the upstream.
+async fn upstream_phases(
+    gateway: &Gateway,
+    route: &Route,
+    req: Request<GatewayBody>,
+    path: &str,
+    peer: &Peer,
+    form: Option<&[u8]>,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    check_rate_limits(gateway, route, &req, form, peer, log)?;
+    if route.policies.websocket && websocket::is_upgrade(&req) {
+        return websocket::proxy(gateway, route, req, path, peer, log).await;
+    }
+    // Phase 9 — forward (see `forward::send`), through the cache when the route has one.
+    match &route.policies.cache {
+        Some(cache) => cached(gateway, route, cache, req, path, peer, log).await,
+        None => {
+            let response = forward::send(gateway, route, req, path, peer, log).await?;
+            Ok(edit_response(route, response))
+        }
+    }
+}
+
+/// Phase 7 — rate limits: the route's limit, then the per-user one. The decision
+/// shown in RateLimit-* headers is kept for the response.
+fn check_rate_limits(
+    gateway: &Gateway,
+    route: &Route,
+    req: &Request<GatewayBody>,
+    form: Option<&[u8]>,
+    peer: &Peer,
+    log: &mut RequestLog,
+) -> Result<(), GatewayError> {
+    let policies = &route.policies;
+    if policies.rate_limit.is_none() && policies.user_rate_limit.is_none() {
+        return Ok(());
+    }
+    let view = RequestView {
+        headers: req.headers(),
+        query: req.uri().query(),
+        form,
+        client_ip: peer.ip,
+    };
+    match policies.check_limits(&view, Instant::now()) {
+        Ok(decision) => {
+            log.rate_limit = decision;
+            Ok(())
+        }
+        Err((scope, decision)) => {
+            log.rate_limit = Some(decision);
+            gateway
+                .metrics
+                .rate_limited
+                .with_label_values(&[&*route.metrics.label, scope.as_str()])
+                .inc();
+            Err(GatewayError::RateLimited {
+                scope: match scope {
+                    LimitScope::Route => "route",
+                    LimitScope::User => "user",
+                },
+                retry_after_secs: decision.retry_after_secs(),
+            })
+        }
+    }
+}
+
+/// Phases 8 and 11 for a cached route: a fresh stored answer is served as is (`X-Cache:
+/// HIT`); on a miss one request per key goes upstream while the others wait for it,
+/// and a cacheable answer is stored on its way to the client (`X-Cache: MISS`).
+async fn cached(
+    gateway: &Gateway,
+    route: &Route,
+    cache: &std::sync::Arc<ResponseCache>,
+    req: Request<GatewayBody>,
+    path: &str,
+    peer: &Peer,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let count = |result: &str| {
+        gateway
+            .metrics
+            .cache_lookups
+            .with_label_values(&[&*route.metrics.label, result])
+            .inc();
+    };
+    let mode = cache_policy::request_mode(req.method(), req.headers());
+    if mode == RequestCacheMode::Bypass {
+        count("bypass");
+        let response = forward::send(gateway, route, req, path, peer, log).await?;
+        return Ok(edit_response(route, response));
+    }
+    let primary = ResponseCache::primary_key(&req);
+    let request_headers = req.headers().clone();
+    let refresh = mode == RequestCacheMode::Refresh;
+    let mut lookup = cache.lookup(primary.clone(), &request_headers, refresh);
+    if let Lookup::Follow(waiting) = lookup {
+        response_cache::wait_for_leader(waiting, route.upstream.request_timeout).await;
+        lookup = cache.lookup(primary, &request_headers, refresh);
+    }
+    let guard = match lookup {
+        Lookup::Hit(stored) => {
+            count("hit");
+            let mut response = Response::new(GatewayBody::full(stored.body.clone()));
+            *response.status_mut() = stored.status;
+            *response.headers_mut() = stored.headers.clone();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::AGE,
+                HeaderValue::from(stored.age_secs(Instant::now())),
+            );
+            headers.insert("x-cache", HeaderValue::from_static("HIT"));
+            return Ok(response);
+        }
+        Lookup::Lead(guard) => Some(guard),
+        // Still being fetched after the wait: do not queue twice, go upstream.
+        Lookup::Follow(_) => None,
+    };
+    count("miss");
+    let response = forward::send(gateway, route, req, path, peer, log).await?;
+    let mut response = edit_response_streamed(route, response);
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static("MISS"));
+    let ttl = cache_policy::response_ttl(
+        response.status(),
+        response.headers(),
+        std::time::Duration::from_millis(cache.config.ttl_ms),
+        std::time::Duration::from_millis(cache.config.max_ttl_ms),
+    );
+    let (Some(guard), Some(ttl)) = (guard, ttl) else {
+        return Ok(response.map(GatewayBody::streamed));
+    };
+    let (parts, body) = response.into_parts();
+    match read_up_to(body, cache.config.max_body_bytes).await? {
+        Ok(bytes) => {
+            let mut stored_headers = parts.headers.clone();
+            stored_headers.remove("x-cache");
+            guard.store(
+                &request_headers,
+                parts.status,
+                stored_headers,
+                bytes.clone(),
+                ttl,
+            );
+            Ok(Response::from_parts(parts, GatewayBody::full(bytes)))
+        }
+        // Too big to store: the bytes read so far, then the rest, straight through.
+        Err(resumed) => Ok(Response::from_parts(parts, resumed)),
+    }
+}
+
+/// Reads a response body while it fits in `limit`: `Ok(Ok(bytes))` when it all did,
+/// `Ok(Err(body))` with a body that replays what was read and streams the rest.
+async fn read_up_to(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Result<Bytes, GatewayBody>, GatewayError> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::UpstreamFailed {
+            upstream: "(cache fill)".to_owned(),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                return Ok(Err(GatewayBody::Resumed {
+                    head: Some(buffer.freeze()),
+                    body,
+                }));
+            }
+        }
+    }
+    Ok(Ok(buffer.freeze()))
+}
+
+/// Phase 13 — CORS and RateLimit headers, added to every answer of a route (errors included, so
+/// a browser can read a 429 and a client sees its allowance).
+fn finish_headers(snapshot: &Snapshot, log: &mut RequestLog, headers: &mut http::HeaderMap) {
+    if let Some(decision) = &log.rate_limit {
+        rate_limit_headers(headers, decision);
+    }
+    if let Some(origin) = log.origin.take()
+        && let Some(cors) = log
+            .route_index
+            .and_then(|i| snapshot.routes.get(i))
+            .and_then(|r| r.policies.cors.as_ref())
+    {
+        let mut request_headers = http::HeaderMap::new();
+        request_headers.insert(header::ORIGIN, origin);
+        cors.apply(&request_headers, headers);
+    }
 }
 
 /// What the plugin phases need to know about the request beyond the message itself.
@@ -128,9 +363,10 @@ struct PluginContext<'a> {
     found: &'a RouteMatch,
     peer: &'a Peer,
     max_body: usize,
+    form: Option<&'a [u8]>,
 }
 
-/// Phases 5 to 7 when the route has plugins: on-request hooks (which may edit the
+/// Phases 6 and 12 when the route has plugins: on-request hooks (which may edit the
 /// request or answer it), forward, then on-response hooks in reverse order. Bodies are
 /// buffered only for plugins that asked, up to `plugins.max_body_bytes`.
 async fn with_plugins(
@@ -178,16 +414,16 @@ async fn with_plugins(
     }
     wreq.body = None;
 
-    let response = forward(
+    let response = upstream_phases(
         gateway,
         ctx.route,
         Request::from_parts(parts, body),
         &wreq.path,
         ctx.peer,
+        ctx.form,
         log,
     )
     .await?;
-    let response = edit_response(ctx.route, response);
     if !chain.has_on_response() {
         return Ok(response);
     }
@@ -364,7 +600,7 @@ async fn read_form_if_needed(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form || !snapshot.router.uses_form_keys() {
+    if !is_form || !snapshot.reads_forms {
         return Ok((req, None));
     }
     let (parts, body) = req.into_parts();
@@ -411,134 +647,17 @@ fn match_route(
         })
 }
 
-/// Phase 5 — forward: pick a target, rewrite the request for it, send it on the pooled
-/// client and wait (bounded by the group's request timeout) for the response head. The
-/// request body streams through; so does the response body afterwards.
-async fn forward(
-    gateway: &Gateway,
-    route: &Route,
-    req: Request<GatewayBody>,
-    path: &str,
-    peer: &Peer,
-    log: &mut RequestLog,
-) -> Result<Response<Incoming>, GatewayError> {
-    let group = &route.upstream;
-    log.upstream = Some(group.name.clone());
-    let target = group.pick(peer.ip).ok_or_else(|| GatewayError::NoTarget {
-        upstream: group.name.to_string(),
-    })?;
-    log.target = Some(target.url.clone());
-
-    let (mut parts, body) = req.into_parts();
-    // Unchanged path: reuse the client's path+query as is (no re-encoding, no copy).
-    let path_and_query: http::uri::PathAndQuery = match parts.uri.path_and_query() {
-        Some(original) if route.rewrite.is_identity() && original.path() == path => {
-            original.clone()
-        }
-        original => {
-            let upstream_path = route.rewrite.apply(path);
-            let joined = match original.and_then(|pq| pq.query()) {
-                Some(q) => format!("{upstream_path}?{q}"),
-                None => upstream_path,
-            };
-            joined
-                .parse()
-                .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?
-        }
-    };
-    parts.uri = Uri::builder()
-        .scheme(target.addr.scheme.clone())
-        .authority(target.addr.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
-    parts.version = Version::HTTP_11;
-
-    let original_host = parts.headers.get(header::HOST).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(
-        &mut parts.headers,
-        &peer.forwarded_for,
-        original_host.as_ref(),
-    );
-    route.request_headers.apply(&mut parts.headers);
-    set_host(route, target, &mut parts.headers, original_host);
-
-    let in_flight = InFlight::start(&target.stats);
-    let sent = tokio::time::timeout(
-        group.request_timeout,
-        group.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
-    let failure = match sent {
-        Ok(Ok(response)) => {
-            log.in_flight = Some(in_flight);
-            return Ok(response);
-        }
-        Err(_elapsed) => GatewayError::UpstreamTimeout {
-            upstream: group.name.to_string(),
-        },
-        Ok(Err(e)) if e.is_connect() && caused_by_timeout(&e) => GatewayError::UpstreamTimeout {
-            upstream: group.name.to_string(),
-        },
-        Ok(Err(e)) if e.is_connect() => GatewayError::UpstreamConnect {
-            upstream: group.name.to_string(),
-        },
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");
-            GatewayError::UpstreamFailed {
-                upstream: group.name.to_string(),
-            }
-        }
-    };
-    in_flight.failed();
-    gateway
-        .metrics
-        .upstream_errors
-        .with_label_values(&[&group.name, failure.code()])
-        .inc();
-    Err(failure)
-}
-
-/// Host sent upstream: the client's (preserve_host), a fixed one (host_rewrite), or the
-/// target's host:port.
-fn set_host(
-    route: &Route,
-    target: &Target,
-    headers: &mut http::HeaderMap,
-    original: Option<HeaderValue>,
-) {
-    let host = match (&route.host_rewrite, route.preserve_host, original) {
-        (Some(fixed), _, _) => fixed.clone(),
-        (None, true, Some(original)) => original,
-        _ => target.host_header.clone(),
-    };
-    headers.insert(header::HOST, host);
-}
-
-fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        if e.to_string().contains("timed out") {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Phase 6 — response edits: hop-by-hop headers removed, the route's response header
+/// Phase 10 — response edits: hop-by-hop headers removed, the route's response header
 /// edits applied; the body streams on untouched.
 fn edit_response(route: &Route, response: Response<Incoming>) -> Response<GatewayBody> {
+    edit_response_streamed(route, response).map(GatewayBody::streamed)
+}
+
+fn edit_response_streamed(route: &Route, response: Response<Incoming>) -> Response<Incoming> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     route.response_headers.apply(&mut parts.headers);
-    Response::from_parts(parts, GatewayBody::streamed(body))
+    Response::from_parts(parts, body)
 }
 
 /// What the access log and metrics record about a request; written when its response
@@ -554,11 +673,17 @@ pub struct RequestLog {
     status: u16,
     /// The matched route (or the admin pseudo-route); `None` = no route matched.
     route: Option<Arc<RouteMetrics>>,
-    upstream: Option<Arc<str>>,
-    target: Option<Arc<str>>,
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) target: Option<Arc<str>>,
     error: Option<&'static str>,
     /// Held until the body ends so least_connections counts streaming responses.
-    in_flight: Option<InFlight>,
+    pub(crate) in_flight: Option<InFlight>,
+    /// Index of the matched route in the snapshot (for its response headers).
+    route_index: Option<usize>,
+    /// The request's Origin, kept only on CORS routes.
+    origin: Option<HeaderValue>,
+    /// The rate-limit decision whose RateLimit-* headers the response carries.
+    rate_limit: Option<Decision>,
 }
 
 impl RequestLog {
@@ -582,6 +707,9 @@ impl RequestLog {
             target: None,
             error: None,
             in_flight: None,
+            route_index: None,
+            origin: None,
+            rate_limit: None,
         }
     }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::gateway::Gateway;
@@ -33,17 +33,30 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: `send` asks them to finish their current
+    // request and close, and `closed` resolves once the last one has. (hyper-util's
+    // GracefulShutdown cannot watch connections that allow upgrades.)
+    let (drain, draining) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let watched = graceful.watch(connection(stream, peer, gateway.clone()));
+                    let conn = connection(stream, peer, gateway.clone());
+                    let mut draining = draining.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = watched.await {
+                        let mut conn = pin!(conn);
+                        let result = tokio::select! {
+                            result = conn.as_mut() => result,
+                            _ = draining.changed() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(draining);
                     });
                 }
                 Err(e) => {
@@ -61,8 +74,10 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
+    drop(draining);
+    let _ = drain.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drain.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())
@@ -85,15 +100,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
         // hyper calls us once a whole head is parsed: from here on this is no longer a
         // slow head.
         self.state.busy.store(true, Ordering::Relaxed);
-        Box::pin(pipeline::handle(
-            self.gateway.clone(),
-            req,
-            self.peer.clone(),
-        ))
+        let state = self.state.clone();
+        let handled = pipeline::handle(self.gateway.clone(), req, self.peer.clone());
+        Box::pin(async move {
+            let response = handled.await;
+            if let Ok(r) = &response
+                && r.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                state.upgraded.store(true, Ordering::Relaxed);
+            }
+            response
+        })
     }
 }
 
-type Connection = http1::Connection<TokioIo<TrackedStream>, GatewayService>;
+type Connection = http1::UpgradeableConnection<TokioIo<TrackedStream>, GatewayService>;
 
 fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Connection {
     let _ = stream.set_nodelay(true);
@@ -118,14 +139,17 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
         idle_since: Instant::now(),
         header_timeout,
     });
-    builder.serve_connection(
-        io,
-        GatewayService {
-            gateway,
-            peer: pipeline::Peer::new(peer),
-            state,
-        },
-    )
+    builder
+        .serve_connection(
+            io,
+            GatewayService {
+                gateway,
+                peer: pipeline::Peer::new(peer),
+                state,
+            },
+        )
+        // WebSocket routes take the connection over after a 101.
+        .with_upgrades()
 }
 
 /// Shared between a connection's socket and its service.
@@ -133,6 +157,8 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
 struct ConnState {
     /// A request head was parsed and its response is not written yet.
     busy: AtomicBool,
+    /// The connection became a WebSocket tunnel: its bytes are no longer HTTP.
+    upgraded: AtomicBool,
 }
 
 /// The client socket. It notes when a request head has started arriving, so that when
@@ -155,6 +181,7 @@ impl Drop for TrackedStream {
     fn drop(&mut self) {
         if self.head_started
             && !self.state.busy.load(Ordering::Relaxed)
+            && !self.state.upgraded.load(Ordering::Relaxed)
             && self.idle_since.elapsed() >= self.header_timeout
         {
             tracing::info!(peer = %self.peer, "request head not received in time: 408");

@@ -11,9 +11,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use tokio::time::Instant;
+
 use crate::balancer::{Balancer, Candidate, stable_hash};
 use crate::body::GatewayBody;
-use crate::config::UpstreamConfig;
+use crate::config::{
+    BalancerKind, CircuitBreakerConfig, OutlierConfig, RetryConfig, UpstreamConfig,
+};
+use crate::metrics::Metrics;
+use crate::policy::breaker::{BreakerSpec, CircuitBreaker};
+use crate::policy::health::{HealthCheckers, ProbeTarget, TargetHealth};
+use crate::policy::retry::RetryBudget;
 
 /// The pooled keep-alive HTTP/1.1 client used to reach targets.
 pub type HttpClient = Client<HttpConnector, GatewayBody>;
@@ -65,6 +73,25 @@ pub struct TargetStats {
     pub in_flight: AtomicUsize,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    pub health: TargetHealth,
+    /// Kept here (not in the snapshot) so a reload does not close an open circuit.
+    breaker: Mutex<Option<Arc<CircuitBreaker>>>,
+}
+
+impl TargetStats {
+    /// Installs, updates (state kept) or removes the target's breaker.
+    fn set_breaker(&self, spec: Option<BreakerSpec>, label: &str) -> Option<Arc<CircuitBreaker>> {
+        let mut slot = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = match (spec, slot.take()) {
+            (None, _) => None,
+            (Some(spec), Some(existing)) => {
+                existing.set_spec(spec);
+                Some(existing)
+            }
+            (Some(spec), None) => Some(Arc::new(CircuitBreaker::new(spec, Arc::from(label)))),
+        };
+        slot.clone()
+    }
 }
 
 /// Decrements a target's in-flight count when the request is over, however it ends.
@@ -98,7 +125,23 @@ pub struct Target {
     pub host_header: http::HeaderValue,
     pub weight: u32,
     pub stats: Arc<TargetStats>,
+    /// The target's circuit breaker, when the group has one.
+    pub breaker: Option<Arc<CircuitBreaker>>,
     id_hash: u64,
+}
+
+impl Target {
+    /// Healthy, not ejected, and its breaker (if any) would admit a request.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.stats.health.is_serving(now) && self.breaker.as_ref().is_none_or(|b| b.can_admit())
+    }
+}
+
+/// A group's retry settings with its budget (shared across reloads).
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub spec: RetryConfig,
+    pub budget: Arc<RetryBudget>,
 }
 
 /// One `[upstreams.NAME]` group as the request path uses it.
@@ -106,29 +149,54 @@ pub struct Target {
 pub struct UpstreamGroup {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
+    pub kind: BalancerKind,
     pub balancer: Balancer,
     pub client: HttpClient,
     pub request_timeout: Duration,
+    pub retry: Option<RetryPolicy>,
+    /// Statuses the breaker counts as failures (when the group has breakers).
+    pub breaker: Option<CircuitBreakerConfig>,
+    pub outlier: Option<OutlierConfig>,
 }
 
 impl UpstreamGroup {
-    /// Picks a target for a request from `client_ip`.
-    pub fn pick(&self, client_ip: IpAddr) -> Option<&Target> {
+    /// Picks an available target for a request from `client_ip`, preferring targets
+    /// not in `tried` (a retry goes elsewhere when it can). Returns its index.
+    pub fn pick(&self, client_ip: IpAddr, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
         if self.targets.len() == 1 {
-            return self.targets.first();
+            return self.targets[0].is_available(now).then_some(0);
         }
-        let candidates: Vec<Candidate> = self
+        let mut candidates: Vec<Candidate> = self
             .targets
             .iter()
-            .map(|t| Candidate {
+            .enumerate()
+            .map(|(i, t)| Candidate {
                 weight: t.weight,
                 in_flight: t.stats.in_flight.load(Ordering::Relaxed),
                 id_hash: t.id_hash,
+                available: !tried.contains(&i) && t.is_available(now),
             })
             .collect();
-        self.balancer
-            .pick(&candidates, client_ip)
-            .and_then(|i| self.targets.get(i))
+        if let Some(i) = self.balancer.pick(&candidates, client_ip) {
+            return Some(i);
+        }
+        if tried.is_empty() {
+            return None;
+        }
+        // Every untried target is out: an available one may be tried again.
+        for (c, t) in candidates.iter_mut().zip(&self.targets) {
+            c.available = t.is_available(now);
+        }
+        self.balancer.pick(&candidates, client_ip)
+    }
+
+    /// Is `status` a failure for breakers and outlier detection?
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        match &self.breaker {
+            Some(b) => b.failure_status.contains(&status),
+            None => matches!(status, 500 | 502 | 503 | 504),
+        }
     }
 }
 
@@ -145,20 +213,45 @@ struct ClientSettings {
 pub struct UpstreamState {
     stats: Mutex<HashMap<String, Arc<TargetStats>>>,
     clients: Mutex<HashMap<ClientSettings, HttpClient>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+}
+
+/// Sliding window over which retry budgets count requests.
+const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+fn breaker_spec(cfg: &CircuitBreakerConfig) -> BreakerSpec {
+    BreakerSpec {
+        failure_threshold: cfg.failure_threshold,
+        window: Duration::from_secs(cfg.window_s),
+        open_for: Duration::from_secs(cfg.open_s),
+        half_open_requests: cfg.half_open_requests,
+        success_threshold: cfg.success_threshold,
+    }
+}
+
+/// The groups of one snapshot and the health probes that watch their targets.
+pub struct BuiltUpstreams {
+    pub groups: HashMap<String, Arc<UpstreamGroup>>,
+    pub checkers: HealthCheckers,
 }
 
 impl UpstreamState {
-    /// Builds the runtime groups for a (validated) config, reusing counters and pools.
-    /// Counters of targets no longer configured are dropped.
+    /// Builds the runtime groups for a (validated) config, reusing counters, breakers,
+    /// budgets and pools, and starts health probes. State of targets no longer
+    /// configured is dropped.
     pub fn build(
         &self,
         upstreams: &std::collections::BTreeMap<String, UpstreamConfig>,
-    ) -> HashMap<String, Arc<UpstreamGroup>> {
+        metrics: &Metrics,
+    ) -> BuiltUpstreams {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept_stats = HashMap::new();
         let mut kept_clients = HashMap::new();
+        let mut kept_budgets = HashMap::new();
         let mut groups = HashMap::new();
+        let mut probes = Vec::new();
         for (name, cfg) in upstreams {
             let targets = cfg
                 .targets
@@ -167,8 +260,20 @@ impl UpstreamState {
                     // Validation guarantees the URL parses; skip defensively if not.
                     let addr = TargetAddr::parse(&t.url).ok()?;
                     let key = format!("{}://{}", addr.scheme, addr.authority);
-                    let s = stats.get(&key).cloned().unwrap_or_default();
-                    kept_stats.insert(key.clone(), s.clone());
+                    // Stats are per group and URL: a target shared by two groups has
+                    // one health and breaker per group, as each group configures them.
+                    let stats_key = format!("{name} {key}");
+                    let s: Arc<TargetStats> = stats.get(&stats_key).cloned().unwrap_or_default();
+                    kept_stats.insert(stats_key, s.clone());
+                    let label = format!("{name}/{key}");
+                    let breaker =
+                        s.set_breaker(cfg.circuit_breaker.as_ref().map(breaker_spec), &label);
+                    if cfg.health_check.is_none() {
+                        s.health.set_active(true);
+                    }
+                    if cfg.outlier_detection.is_none() {
+                        s.health.clear_ejection();
+                    }
                     Some(Target {
                         host_header: http::HeaderValue::from_str(addr.authority.as_str()).ok()?,
                         id_hash: stable_hash(key.as_bytes()),
@@ -176,6 +281,7 @@ impl UpstreamState {
                         addr,
                         weight: t.weight,
                         stats: s,
+                        breaker,
                     })
                 })
                 .collect::<Vec<_>>();
@@ -189,20 +295,59 @@ impl UpstreamState {
                 .cloned()
                 .unwrap_or_else(|| new_client(&settings));
             kept_clients.insert(settings, client.clone());
+            let group_name: Arc<str> = Arc::from(name.as_str());
+            if let Some(check) = &cfg.health_check {
+                for t in &targets {
+                    let probe = ProbeTarget {
+                        group: group_name.clone(),
+                        url: t.url.clone(),
+                        addr: t.addr.clone(),
+                        host_header: t.host_header.clone(),
+                        stats: t.stats.clone(),
+                    };
+                    probes.push((probe, check.clone(), client.clone()));
+                }
+            }
+            let retry = cfg.retry.as_ref().map(|spec| {
+                let budget = match budgets.get(name) {
+                    Some(b) => {
+                        b.set_params(spec.budget_ratio, spec.budget_min_per_s);
+                        b.clone()
+                    }
+                    None => Arc::new(RetryBudget::new(
+                        spec.budget_ratio,
+                        spec.budget_min_per_s,
+                        RETRY_BUDGET_WINDOW,
+                    )),
+                };
+                kept_budgets.insert(name.clone(), budget.clone());
+                RetryPolicy {
+                    spec: spec.clone(),
+                    budget,
+                }
+            });
             groups.insert(
                 name.clone(),
                 Arc::new(UpstreamGroup {
-                    name: Arc::from(name.as_str()),
+                    name: group_name,
+                    kind: cfg.balancer,
                     balancer: Balancer::new(cfg.balancer, targets.len()),
                     targets,
                     client,
                     request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                    retry,
+                    breaker: cfg.circuit_breaker.clone(),
+                    outlier: cfg.outlier_detection.clone(),
                 }),
             );
         }
         *stats = kept_stats;
         *clients = kept_clients;
-        groups
+        *budgets = kept_budgets;
+        BuiltUpstreams {
+            groups,
+            checkers: HealthCheckers::spawn(probes, metrics),
+        }
     }
 }
 
@@ -262,9 +407,15 @@ mod tests {
             );
             m
         };
-        let first = state.build(&cfg(&["http://127.0.0.1:1", "http://127.0.0.1:2"]));
+        let metrics = Metrics::new();
+        let first = state
+            .build(
+                &cfg(&["http://127.0.0.1:1", "http://127.0.0.1:2"]),
+                &metrics,
+            )
+            .groups;
         let guard = InFlight::start(&first["g"].targets[0].stats);
-        let second = state.build(&cfg(&["http://127.0.0.1:1"]));
+        let second = state.build(&cfg(&["http://127.0.0.1:1"]), &metrics).groups;
         assert!(Arc::ptr_eq(
             &first["g"].targets[0].stats,
             &second["g"].targets[0].stats

@@ -159,12 +159,7 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems().iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::config::test_problems as problems;
 
     #[test]
     fn empty_text_is_the_default_config() {

@@ -5,7 +5,9 @@
 //! returns every problem at once, so `fluxgate-host validate` and a failed hot reload
 //! print the same precise list.
 
+mod check_policy;
 mod load;
+mod policy;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -13,6 +15,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 pub use load::{ConfigError, Problem, load_file, parse};
+pub use policy::{
+    CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig, RateAlgorithm,
+    RateLimitConfig, RetryConfig,
+};
 pub use validate::validate;
 
 /// The whole gateway.toml. All sections are optional.
@@ -151,6 +157,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// One log line per request (target `access`).
     pub access_log: bool,
+    /// Bearer token that allows management writes from non-loopback clients (else the
+    /// FLUXGATE_ADMIN_TOKEN environment variable; neither = loopback only).
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +173,7 @@ impl Default for ServerConfig {
             max_header_bytes: 32 * 1024,
             shutdown_grace_ms: 10_000,
             access_log: true,
+            admin_token: None,
         }
     }
 }
@@ -182,6 +192,14 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout_ms: u64,
     /// Idle pooled connections kept per target.
     pub pool_max_idle_per_target: usize,
+    /// Active probes; absent = targets are assumed healthy.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of failing targets; absent = off.
+    pub outlier_detection: Option<OutlierConfig>,
+    /// One breaker per target; absent = off.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Absent = every request is tried once.
+    pub retry: Option<RetryConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -193,12 +211,16 @@ impl Default for UpstreamConfig {
             request_timeout_ms: 30_000,
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_target: 256,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breaker: None,
+            retry: None,
         }
     }
 }
 
 /// Load-balancing algorithm of an upstream group.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerKind {
     RoundRobin,
@@ -255,6 +277,14 @@ pub struct RouteConfig {
     pub response_headers: HeaderOps,
     /// Plugin chain for this route, run after `[plugins] global`.
     pub plugins: Vec<PluginRef>,
+    /// One limit shared by every client of the route.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// One limit per user id (`key`).
+    pub user_rate_limit: Option<RateLimitConfig>,
+    pub cache: Option<CacheConfig>,
+    pub cors: Option<CorsConfig>,
+    /// Proxy `Upgrade: websocket` requests (otherwise Upgrade is stripped).
+    pub websocket: bool,
 }
 
 /// `replace_prefix = { from = "/v1", to = "/v2" }`.
@@ -275,3 +305,12 @@ pub struct HeaderOps {
 
 /// The user id sources used when a route has `users` but no `user_id_key`.
 pub const DEFAULT_USER_ID_KEY: &str = "header:x-user-id";
+
+/// Every problem `parse` reports for `text`, as printed (empty = valid). For tests.
+#[cfg(test)]
+pub(crate) fn test_problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    }
+}

@@ -12,7 +12,7 @@ use crate::upstream::TargetAddr;
 use crate::user_id::KeySource;
 
 /// Paths the gateway answers itself; a route cannot take them over.
-pub const RESERVED_PATHS: &[&str] = &["/api/v1/health", "/metrics"];
+pub const RESERVED_PATHS: &[&str] = &["/api/v1/health", "/api/v1/upstreams", "/metrics"];
 
 /// Returns every problem found in an already-parsed config (empty = valid).
 pub fn validate(config: &Config) -> Vec<Problem> {
@@ -45,6 +45,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 ));
             }
         }
+        super::check_policy::check_upstream(name, upstream, &mut out);
         for (key, value) in [
             ("connect_timeout_ms", upstream.connect_timeout_ms),
             ("request_timeout_ms", upstream.request_timeout_ms),
@@ -176,7 +177,9 @@ fn check_route(config: &Config, i: usize, route: &RouteConfig, out: &mut Vec<Pro
             None
         }
     };
-    if RESERVED_PATHS.contains(&route.path.as_str()) {
+    if RESERVED_PATHS.contains(&route.path.as_str())
+        || crate::registry::api::PATHS.contains(&route.path.as_str())
+    {
         out.push(Problem::new(
             at("path"),
             format!("{} is answered by the gateway itself", route.path),
@@ -268,6 +271,7 @@ fn check_route(config: &Config, i: usize, route: &RouteConfig, out: &mut Vec<Pro
         ));
     }
     check_plugin_refs(&at("plugins"), &route.plugins, out);
+    super::check_policy::check_route(i, route, out);
     check_header_ops(&at("request_headers"), &route.request_headers, out);
     check_header_ops(&at("response_headers"), &route.response_headers, out);
 }
@@ -300,12 +304,7 @@ fn check_header_ops(at: &str, ops: &HeaderOps, out: &mut Vec<Problem>) {
 mod tests {
     use crate::config::parse;
 
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems().iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::config::test_problems as problems;
 
     const UPSTREAM: &str = "[upstreams.users]\ntargets = [{ url = \"http://127.0.0.1:9000\" }]\n";
 
@@ -398,5 +397,21 @@ mod tests {
             problems(&text),
             vec!["routes[0].path: /metrics is answered by the gateway itself"]
         );
+    }
+
+    #[test]
+    fn the_shipped_example_configs_are_valid() {
+        for (name, text) in [
+            (
+                "gateway.toml",
+                include_str!("../../../examples/gateway.toml"),
+            ),
+            (
+                "plugins.toml",
+                include_str!("../../../examples/plugins.toml"),
+            ),
+        ] {
+            assert_eq!(problems(text), Vec::<String>::new(), "examples/{name}");
+        }
     }
 }

@@ -7,14 +7,20 @@
 //! - `/stream`        sends "first", waits for `release_stream`, then sends "second"
 //! - `/upload`        reports the request body's first chunk on `first_chunks`, then
 //!   echoes the whole body
-//! - anything else    JSON echo: name, method, path, query, headers, body
+//! - `/fail/N/...`    the first N requests to any `/fail` path get 503, later ones the echo
+//! - `/health`        200 while `healthy` is set, else 503
+//! - `/ws`            WebSocket-style upgrade: 101, then echoes every byte back
+//! - anything else    JSON echo: name, method, path, query, headers, body, and `n`, the
+//!   request number; `?cc=VALUE` / `?vary=NAME` set Cache-Control / Vary on it
+//!
+//! While `failing` is set, every request except `/health` gets 503.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,12 +46,22 @@ pub struct Upstream {
     pub requests: Arc<AtomicUsize>,
     pub release_stream: Arc<Notify>,
     pub first_chunks: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    /// `/health` answers 200 while set.
+    pub healthy: Arc<AtomicBool>,
+    /// Every request (but `/health`) gets 503 while set.
+    pub failing: Arc<AtomicBool>,
     task: JoinHandle<()>,
+    /// Connection tasks, aborted with the upstream so a dropped upstream is really
+    /// gone (pooled keep-alive connections included).
+    connection_tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
+        for task in self.connection_tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
     }
 }
 
@@ -55,6 +71,9 @@ struct Shared {
     requests: Arc<AtomicUsize>,
     release_stream: Arc<Notify>,
     first_chunks: mpsc::UnboundedSender<Bytes>,
+    healthy: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
+    fail_seen: AtomicUsize,
 }
 
 impl Upstream {
@@ -70,30 +89,54 @@ impl Upstream {
         Self::serve(name, listener, delay)
     }
 
+    /// Starts an upstream on a given address (to bring a stopped one back).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve(name, listener, Duration::ZERO),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind {addr}: {e}"),
+            }
+        }
+    }
+
     fn serve(name: &str, listener: TcpListener, delay: Duration) -> Self {
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let release_stream = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let failing = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             delay,
             requests: requests.clone(),
             release_stream: release_stream.clone(),
             first_chunks: tx,
+            healthy: healthy.clone(),
+            failing: failing.clone(),
+            fail_seen: AtomicUsize::new(0),
         });
         let conns = connections.clone();
+        let connection_tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = connection_tasks.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(shared.clone(), req));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
                         .await;
                 });
+                tasks.lock().unwrap().push(conn.abort_handle());
             }
         });
         Self {
@@ -102,22 +145,76 @@ impl Upstream {
             requests,
             release_stream,
             first_chunks: tokio::sync::Mutex::new(rx),
+            healthy,
+            failing,
             task,
+            connection_tasks,
         }
     }
 }
 
 type Reply = Response<UpstreamBody>;
 
-async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Infallible> {
-    shared.requests.fetch_add(1, Ordering::SeqCst);
+fn plain(status: StatusCode, text: &'static str) -> Reply {
+    Response::builder()
+        .status(status)
+        .body(UpstreamBody::full(text))
+        .expect("response")
+}
+
+async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
     let path = req.uri().path().to_owned();
+    if path == "/health" {
+        return Ok(if shared.healthy.load(Ordering::SeqCst) {
+            plain(StatusCode::OK, "ok")
+        } else {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "down")
+        });
+    }
+    if shared.failing.load(Ordering::SeqCst) {
+        let mut reply = plain(StatusCode::SERVICE_UNAVAILABLE, "failing");
+        reply
+            .headers_mut()
+            .insert("x-upstream", shared.name.parse().expect("name"));
+        return Ok(reply);
+    }
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let mut status = StatusCode::OK;
     match parts.as_slice() {
+        ["fail", count, ..] => {
+            let count: usize = count.parse().unwrap_or(0);
+            if shared.fail_seen.fetch_add(1, Ordering::SeqCst) < count {
+                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "not yet"));
+            }
+        }
+        ["ws"] => {
+            let wants_upgrade = req
+                .headers()
+                .get("upgrade")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            if !wants_upgrade {
+                return Ok(plain(StatusCode::BAD_REQUEST, "no upgrade header"));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            });
+            return Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("x-upstream", &shared.name)
+                .body(UpstreamBody::full(""))
+                .expect("response"));
+        }
         ["slow", ms, ..] => {
             let ms: u64 = ms.parse().unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -189,11 +286,20 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
         "query": query,
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
+        "n": n,
     });
-    Ok(Response::builder()
+    let mut reply = Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("x-upstream", &shared.name)
+        .header("x-upstream", &shared.name);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "cc" => reply = reply.header("cache-control", &*value),
+            "vary" => reply = reply.header("vary", &*value),
+            _ => {}
+        }
+    }
+    Ok(reply
         .body(UpstreamBody::full(echo.to_string()))
         .expect("response"))
 }

@@ -1,0 +1,302 @@
+//! Target health: active probes (one task per target) and passive outlier ejection.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, header};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::body::GatewayBody;
+use crate::config::{HealthCheckConfig, OutlierConfig};
+use crate::metrics::Metrics;
+use crate::upstream::{HttpClient, TargetAddr, TargetStats};
+
+/// Whether a target may get traffic. Lives in `TargetStats`, so it survives reloads.
+/// Reads are lock-free (every pick reads it); only outcome recording with outlier
+/// detection on takes the lock.
+#[derive(Debug)]
+pub struct TargetHealth {
+    /// Origin of `ejected_until_ms`.
+    base: Instant,
+    /// False after `unhealthy_threshold` failed probes, until `healthy_threshold` pass.
+    active_ok: AtomicBool,
+    /// Milliseconds since `base` until which the target is ejected; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    passive: Mutex<Passive>,
+}
+
+#[derive(Debug, Default)]
+struct Passive {
+    consecutive_failures: u32,
+    /// Ejections in a row: each doubles the next one.
+    ejections: u32,
+    last_ejection_end: Option<Instant>,
+}
+
+impl Default for TargetHealth {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            active_ok: AtomicBool::new(true),
+            ejected_until_ms: AtomicU64::new(0),
+            passive: Mutex::new(Passive::default()),
+        }
+    }
+}
+
+impl TargetHealth {
+    /// Healthy by the probes and not ejected.
+    pub fn is_serving(&self, now: Instant) -> bool {
+        self.active_ok() && self.ejected_for(now).is_none()
+    }
+
+    pub fn active_ok(&self) -> bool {
+        self.active_ok.load(Ordering::Relaxed)
+    }
+
+    /// Sets the probes' verdict; returns whether it changed.
+    pub fn set_active(&self, ok: bool) -> bool {
+        self.active_ok.swap(ok, Ordering::Relaxed) != ok
+    }
+
+    /// Time left in the current ejection, if any.
+    pub fn ejected_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now_ms = self.ms_since_base(now);
+        (until > now_ms).then(|| Duration::from_millis(until - now_ms))
+    }
+
+    /// Records a real request's outcome for outlier detection. Returns the ejection
+    /// length when this failure ejected the target.
+    pub fn record(&self, success: bool, spec: &OutlierConfig, now: Instant) -> Option<Duration> {
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        if success {
+            p.consecutive_failures = 0;
+            return None;
+        }
+        p.consecutive_failures = p.consecutive_failures.saturating_add(1);
+        if p.consecutive_failures < spec.consecutive_failures.max(1)
+            || self.ejected_for(now).is_some()
+        {
+            return None;
+        }
+        let max = Duration::from_millis(spec.max_ejection_ms);
+        // A target that stayed in service for a whole max_ejection period starts over
+        // at the base length: old trouble should not lengthen a new ejection.
+        if p.last_ejection_end
+            .is_some_and(|end| now.saturating_duration_since(end) > max)
+        {
+            p.ejections = 0;
+        }
+        let factor = 1u64 << p.ejections.min(20);
+        let length = Duration::from_millis(spec.base_ejection_ms.saturating_mul(factor)).min(max);
+        p.ejections = p.ejections.saturating_add(1);
+        p.consecutive_failures = 0;
+        p.last_ejection_end = Some(now + length);
+        let until = self.ms_since_base(now + length).max(1);
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        Some(length)
+    }
+
+    /// Forgets passive state (outlier detection was turned off).
+    pub fn clear_ejection(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        *self.passive.lock().unwrap_or_else(|e| e.into_inner()) = Passive::default();
+    }
+
+    fn ms_since_base(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64
+    }
+}
+
+/// What a probe task needs to know about its target.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub group: std::sync::Arc<str>,
+    pub url: std::sync::Arc<str>,
+    pub addr: TargetAddr,
+    pub host_header: http::HeaderValue,
+    pub stats: std::sync::Arc<TargetStats>,
+}
+
+/// The probe tasks of one config snapshot; dropping it (when the snapshot goes) stops
+/// them, so a reload never leaves stale probes running.
+#[derive(Debug, Default)]
+pub struct HealthCheckers(Vec<JoinHandle<()>>);
+
+impl Drop for HealthCheckers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl HealthCheckers {
+    /// Starts one probe task per target. Outside a tokio runtime (unit tests that only
+    /// build snapshots) no task is started.
+    pub fn spawn(
+        targets: Vec<(ProbeTarget, HealthCheckConfig, HttpClient)>,
+        metrics: &Metrics,
+    ) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self::default();
+        };
+        Self(
+            targets
+                .into_iter()
+                .map(|(target, spec, client)| {
+                    runtime.spawn(probe_loop(target, spec, client, metrics.clone()))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Probes a target every `interval_ms`; `unhealthy_threshold` failures in a row take
+/// it out, `healthy_threshold` passes in a row bring it back, so one blip does not flap.
+async fn probe_loop(
+    target: ProbeTarget,
+    spec: HealthCheckConfig,
+    client: HttpClient,
+    metrics: Metrics,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        ticker.tick().await;
+        let result = probe(&target, &spec, &client).await;
+        let health = &target.stats.health;
+        match result {
+            Ok(()) => {
+                passes = passes.saturating_add(1);
+                failures = 0;
+                if !health.active_ok() && passes >= spec.healthy_threshold.max(1) {
+                    health.set_active(true);
+                    tracing::info!(upstream = %target.group, target = %target.url, passes, "target healthy again");
+                    record_change(&metrics, &target, "healthy");
+                }
+            }
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                passes = 0;
+                if health.active_ok() && failures >= spec.unhealthy_threshold.max(1) {
+                    health.set_active(false);
+                    tracing::warn!(upstream = %target.group, target = %target.url, failures, reason, "target unhealthy: no traffic until it passes its health checks");
+                    record_change(&metrics, &target, "unhealthy");
+                }
+            }
+        }
+    }
+}
+
+/// Counts a health transition.
+pub fn record_change(metrics: &Metrics, target: &ProbeTarget, state: &str) {
+    metrics
+        .health_changes
+        .with_label_values(&[&*target.group, &*target.url, state])
+        .inc();
+}
+
+/// One probe: GET the check path; passes on the expected status within the timeout.
+async fn probe(
+    target: &ProbeTarget,
+    spec: &HealthCheckConfig,
+    client: &HttpClient,
+) -> Result<(), String> {
+    let uri = http::Uri::builder()
+        .scheme(target.addr.scheme.clone())
+        .authority(target.addr.authority.clone())
+        .path_and_query(spec.path.as_str())
+        .build()
+        .map_err(|e| format!("bad check URL: {e}"))?;
+    let request = Request::get(uri)
+        .header(header::HOST, target.host_header.clone())
+        .header(header::USER_AGENT, "fluxgate-health-check")
+        .body(GatewayBody::empty())
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let timeout = Duration::from_millis(spec.timeout_ms.max(1));
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Err(format!("no answer within {} ms", spec.timeout_ms)),
+        Ok(Err(e)) => Err(format!("request failed: {e}")),
+        Ok(Ok(response)) if response.status().as_u16() == spec.expected_status => Ok(()),
+        Ok(Ok(response)) => Err(format!(
+            "status {} (expected {})",
+            response.status().as_u16(),
+            spec.expected_status
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> OutlierConfig {
+        OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection_ms: 1_000,
+            max_ejection_ms: 5_000,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_with_doubling_backoff() {
+        let h = TargetHealth::default();
+        let t0 = Instant::now();
+        assert!(h.is_serving(t0));
+        assert_eq!(h.record(false, &spec(), t0), None);
+        assert_eq!(
+            h.record(true, &spec(), t0),
+            None,
+            "a success resets the run"
+        );
+        assert_eq!(h.record(false, &spec(), t0), None);
+        assert_eq!(h.record(false, &spec(), t0), None);
+        assert_eq!(h.record(false, &spec(), t0), Some(Duration::from_secs(1)));
+        assert!(!h.is_serving(t0 + Duration::from_millis(999)));
+        let back = t0 + Duration::from_millis(1_001);
+        assert!(h.is_serving(back));
+        for _ in 0..2 {
+            h.record(false, &spec(), back);
+        }
+        assert_eq!(h.record(false, &spec(), back), Some(Duration::from_secs(2)));
+        let mut t = back + Duration::from_secs(3);
+        for expected in [4, 5, 5] {
+            for _ in 0..2 {
+                h.record(false, &spec(), t);
+            }
+            assert_eq!(
+                h.record(false, &spec(), t),
+                Some(Duration::from_secs(expected)),
+                "capped at max_ejection_ms"
+            );
+            t += Duration::from_secs(expected + 1);
+        }
+        // In service for longer than max_ejection_ms: the next ejection starts over.
+        t += Duration::from_secs(10);
+        for _ in 0..2 {
+            h.record(false, &spec(), t);
+        }
+        assert_eq!(h.record(false, &spec(), t), Some(Duration::from_secs(1)));
+        h.clear_ejection();
+        assert!(h.is_serving(t));
+    }
+
+    #[test]
+    fn active_verdict_gates_traffic() {
+        let h = TargetHealth::default();
+        let now = Instant::now();
+        assert!(h.set_active(false));
+        assert!(!h.set_active(false), "no change the second time");
+        assert!(!h.is_serving(now));
+        assert!(h.set_active(true));
+        assert!(h.is_serving(now));
+    }
+}

@@ -1,0 +1,254 @@
+//! The registry's management endpoints: register, deregister, heartbeat, list. Writes
+//! are accepted from loopback, or with `Authorization: Bearer <admin_token>`.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{Registration, group_name};
+use crate::body::GatewayBody;
+use crate::error::{GatewayError, json_response};
+use crate::gateway::{Gateway, Snapshot};
+
+/// The paths served here.
+pub const PATHS: &[&str] = &[
+    "/api/v1/services",
+    "/api/v1/services/register",
+    "/api/v1/services/deregister",
+    "/api/v1/services/heartbeat",
+];
+
+/// Largest request body accepted by the management API.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Answers a registry request (the path is one of `PATHS`).
+pub async fn answer(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (path.as_str(), &method) {
+        ("/api/v1/services", &Method::GET | &Method::HEAD) => Ok(list(gateway, snapshot, &req)),
+        ("/api/v1/services", _) => Err(not_allowed("/api/v1/services", "GET, HEAD")),
+        ("/api/v1/services/register", &Method::POST | &Method::PUT) => {
+            authorize(snapshot, &req, client_ip)?;
+            let body = read_body(req).await?;
+            let reg = Registration::from_json(&body).map_err(|e| GatewayError::InvalidField {
+                field: e.field,
+                message: e.message,
+            })?;
+            let (id, service) = (reg.id.clone(), reg.service.clone());
+            gateway.register(reg);
+            let answer = serde_json::json!({
+                "registered": id,
+                "service": service,
+                "node": gateway.node_name,
+                "route": format!("/{service}/*"),
+            });
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        ("/api/v1/services/register", _) => {
+            Err(not_allowed("/api/v1/services/register", "POST, PUT"))
+        }
+        ("/api/v1/services/deregister", &Method::DELETE | &Method::POST) => {
+            authorize(snapshot, &req, client_ip)?;
+            let id = instance_id(req).await?;
+            if gateway.deregister(&id) {
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "deregistered": id }),
+                ))
+            } else {
+                Err(GatewayError::UnknownInstance(id))
+            }
+        }
+        ("/api/v1/services/deregister", _) => {
+            Err(not_allowed("/api/v1/services/deregister", "DELETE, POST"))
+        }
+        ("/api/v1/services/heartbeat", &Method::PUT | &Method::POST) => {
+            authorize(snapshot, &req, client_ip)?;
+            let id = instance_id(req).await?;
+            gateway.heartbeat(&id)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "renewed": id }),
+            ))
+        }
+        _ => Err(not_allowed("/api/v1/services/heartbeat", "PUT, POST")),
+    }
+}
+
+fn not_allowed(path: &'static str, allowed: &'static str) -> GatewayError {
+    GatewayError::MethodNotAllowed { path, allowed }
+}
+
+/// Loopback clients may write; others need the admin token (server.admin_token or the
+/// FLUXGATE_ADMIN_TOKEN environment variable). No token configured = loopback only.
+fn authorize<B>(
+    snapshot: &Snapshot,
+    req: &Request<B>,
+    client_ip: IpAddr,
+) -> Result<(), GatewayError> {
+    let token = snapshot
+        .config
+        .server
+        .admin_token
+        .clone()
+        .or_else(|| std::env::var("FLUXGATE_ADMIN_TOKEN").ok());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    check_write(token.as_deref(), presented, client_ip)
+}
+
+/// The write rule itself: a presented token must be right; without one, loopback only.
+fn check_write(
+    token: Option<&str>,
+    presented: Option<&str>,
+    client_ip: IpAddr,
+) -> Result<(), GatewayError> {
+    match (token.filter(|t| !t.is_empty()), presented) {
+        (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => {
+            Ok(())
+        }
+        (Some(_), Some(_)) => Err(GatewayError::Forbidden("wrong admin token")),
+        _ if client_ip.is_loopback() => Ok(()),
+        (Some(_), None) => Err(GatewayError::Unauthorized),
+        (None, _) => Err(GatewayError::Forbidden(
+            "writes are only accepted from loopback when no admin token is configured",
+        )),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, GatewayError> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| GatewayError::BodyTooLarge { limit: MAX_BODY })
+}
+
+/// The instance id from `?id=` or a JSON body `{"id": "..."}`.
+async fn instance_id(req: Request<Incoming>) -> Result<String, GatewayError> {
+    if let Some(id) = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v.into_owned())
+    }) {
+        return Ok(id);
+    }
+    let body = read_body(req).await?;
+    let missing = || GatewayError::InvalidField {
+        field: "id".to_owned(),
+        message: "give the instance id as ?id= or in a JSON body {\"id\": \"...\"}".to_owned(),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| missing())?;
+    value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(missing)
+}
+
+/// `GET /api/v1/services[?service=S&version=V&region=R]`: live instances grouped by
+/// service, with their health and owning node.
+fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response<GatewayBody> {
+    let filters: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let wanted = |key: &str| filters.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let now = Instant::now();
+    let registry = gateway.registry();
+    let mut services = serde_json::Map::new();
+    for (service, instances) in registry.services() {
+        if wanted("service").is_some_and(|s| *s != service) {
+            continue;
+        }
+        let group = snapshot.upstreams.get(&group_name(&service));
+        let list: Vec<serde_json::Value> = instances
+            .iter()
+            .filter(|(reg, _)| {
+                ["version", "region"]
+                    .iter()
+                    .all(|k| wanted(k).is_none_or(|v| reg.metadata.get(*k) == Some(v)))
+            })
+            .map(|(reg, stamp)| {
+                let url = reg.url();
+                let healthy = group
+                    .and_then(|g| g.targets.iter().find(|t| *t.url == *url))
+                    .map(|t| t.is_available(now));
+                serde_json::json!({
+                    "id": reg.id,
+                    "address": reg.address,
+                    "port": reg.port,
+                    "url": url,
+                    "metadata": reg.metadata,
+                    "check": reg.check,
+                    "ttl_s": reg.ttl_s,
+                    "node": stamp.owner,
+                    "healthy": healthy,
+                })
+            })
+            .collect();
+        if !list.is_empty() {
+            services.insert(service, serde_json::Value::Array(list));
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "node": gateway.node_name, "services": services }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_need_loopback_or_the_admin_token() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(check_write(None, None, local).is_ok());
+        assert!(check_write(Some("t"), None, local).is_ok());
+        assert!(check_write(Some("t"), Some("t"), remote).is_ok());
+        let status = |r: Result<(), GatewayError>| r.unwrap_err().status().as_u16();
+        assert_eq!(status(check_write(None, None, remote)), 403);
+        assert_eq!(status(check_write(None, Some("t"), remote)), 403);
+        assert_eq!(status(check_write(Some("t"), None, remote)), 401);
+        assert_eq!(status(check_write(Some("t"), Some("x"), remote)), 403);
+        assert_eq!(
+            status(check_write(Some("t"), Some("x"), local)),
+            403,
+            "a wrong token is wrong anywhere"
+        );
+        assert_eq!(
+            status(check_write(Some(""), None, remote)),
+            403,
+            "an empty token is no token"
+        );
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

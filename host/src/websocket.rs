@@ -1,0 +1,113 @@
+//! Phase "forward", WebSocket flavour: an `Upgrade: websocket` request is sent on to a
+//! target with its upgrade headers, and after the target's 101 the two connections are
+//! joined by a byte tunnel that lives on its own task (a config reload cannot cut it).
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::forward::{self, Prepared};
+use crate::gateway::{Gateway, Route};
+use crate::headers::strip_hop_by_hop;
+use crate::pipeline::{Peer, RequestLog};
+
+/// Is this an HTTP/1.1 `Upgrade: websocket` request?
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.version() == http::Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+/// Proxies the handshake and, on 101, starts the tunnel. Any other answer from the
+/// target is returned as an ordinary response.
+pub async fn proxy(
+    gateway: &Gateway,
+    route: &Route,
+    mut req: Request<GatewayBody>,
+    path: &str,
+    peer: &Peer,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let group = &route.upstream;
+    log.upstream = Some(group.name.clone());
+    let client_side: OnUpgrade =
+        req.extensions_mut()
+            .remove::<OnUpgrade>()
+            .ok_or(GatewayError::BadRequest(
+                "this connection cannot be upgraded",
+            ))?;
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("websocket"));
+    let (parts, body) = req.into_parts();
+    let mut prepared: Prepared = forward::prepare(route, parts, path, peer)?;
+    // prepare() dropped the hop-by-hop upgrade headers; the handshake needs them.
+    prepared
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    prepared.headers.insert(header::UPGRADE, upgrade);
+    let Some(index) = group.pick(peer.ip, &[]) else {
+        return Err(GatewayError::NoTarget {
+            upstream: group.name.to_string(),
+        });
+    };
+    let target = &group.targets[index];
+    log.target = Some(target.url.clone());
+    let request = prepared.for_target(route, target, body, true)?;
+    let mut response = forward::send_once(gateway, group, target, request, log).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        route.response_headers.apply(&mut parts.headers);
+        return Ok(Response::from_parts(parts, GatewayBody::streamed(body)));
+    }
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    let accepted = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    route.response_headers.apply(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(accepted) = accepted {
+        parts.headers.insert(header::UPGRADE, accepted);
+    }
+    let gauge = gateway.metrics.websockets.clone();
+    let (group_name, target_url) = (group.name.clone(), target.url.clone());
+    let in_flight = log.in_flight.take();
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, upstream = %group_name, "websocket upgrade failed");
+                return;
+            }
+        };
+        gauge.inc();
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        gauge.dec();
+        // Counted as in flight to its target until the tunnel closes.
+        drop(in_flight);
+        match copied {
+            Ok((up, down)) => {
+                tracing::debug!(upstream = %group_name, target = %target_url, bytes_up = up, bytes_down = down, "websocket closed")
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %group_name, target = %target_url, error = %e, "websocket ended with an error")
+            }
+        }
+    });
+    Ok(Response::from_parts(parts, GatewayBody::empty()))
+}
