@@ -33,8 +33,28 @@ pub fn answer<B>(
 
 /// `GET /api/v1/health`: liveness plus what is loaded.
 fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
+    let members: Vec<serde_json::Value> = match gateway.cluster.get() {
+        Some(view) => view
+            .members()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "addr": m.addr.to_string(),
+                    "state": crate::cluster::state_name(m.state),
+                    "incarnation": m.incarnation,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let body = serde_json::json!({
         "status": "ok",
+        "node": gateway.node_name,
+        "cluster": {
+            "enabled": gateway.cluster.get().is_some(),
+            "members": members,
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "listen": gateway.local_addr.to_string(),
         "uptime_s": gateway.started.elapsed().as_secs(),

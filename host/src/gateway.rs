@@ -98,6 +98,8 @@ pub struct Gateway {
     registry: Mutex<Registry>,
     /// Where local registry changes go to be gossiped (set when a cluster runs).
     gossip: OnceLock<tokio::sync::mpsc::UnboundedSender<Delta>>,
+    /// The cluster's members, when this node gossips.
+    pub cluster: OnceLock<Arc<crate::cluster::ClusterView>>,
 }
 
 impl Gateway {
@@ -138,6 +140,7 @@ impl Gateway {
             node_name,
             registry: Mutex::new(registry),
             gossip: OnceLock::new(),
+            cluster: OnceLock::new(),
         })
     }
 

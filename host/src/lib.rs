@@ -7,6 +7,7 @@
 //! - `pipeline`  the ordered request path: limits → admin → normalise → route → CORS
 //!   preflight → plugins on-request → rate limits → cache → breaker/balancer/forward
 //!   with retries → response edits → plugins on-response → CORS headers
+//! - `cluster`   gossip: memberlist wire codec, SWIM state machine, UDP/TCP driver
 //! - `registry`  service registry: model, replicated store, management API, `/S/*` routes
 //! - `policy`    rate limits, breaker, retries, cache, health checks, CORS (state
 //!   machines with time passed in)
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod dir_watch;
 pub mod error;

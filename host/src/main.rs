@@ -31,6 +31,12 @@ struct Cli {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Gossip port (UDP + TCP): turns clustering on, overriding cluster.gossip_listen's port.
+    #[arg(long)]
+    gossip_port: Option<u16>,
+    /// Cluster nodes to join, host:port[,host:port] (turns clustering on).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -86,6 +92,51 @@ fn validate(path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `[cluster]` plus `--gossip-port` / `--join`, resolved to what the driver needs.
+fn cluster_settings(
+    config: &Config,
+    cli: &Cli,
+) -> anyhow::Result<Option<fluxgate_host::cluster::ClusterSettings>> {
+    if config.cluster.is_none() && cli.gossip_port.is_none() && cli.join.is_empty() {
+        return Ok(None);
+    }
+    let cluster = config.cluster.clone().unwrap_or_default();
+    let mut listen: SocketAddr = cluster
+        .gossip_listen
+        .parse()
+        .context("cluster.gossip_listen is not a socket address")?;
+    if let Some(port) = cli.gossip_port {
+        listen.set_port(port);
+    }
+    let advertise = match &cluster.advertise {
+        Some(a) => a
+            .parse()
+            .context("cluster.advertise is not a socket address")?,
+        None if listen.ip().is_unspecified() => {
+            tracing::warn!(
+                "cluster.advertise not set: other nodes are told 127.0.0.1 (single-host clusters only)"
+            );
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        None => listen,
+    };
+    let secret_key = match &cluster.secret_key {
+        Some(key) => Some(
+            fluxgate_host::cluster::decode_key(key)
+                .map_err(|e| anyhow::anyhow!("cluster.secret_key {e}"))?,
+        ),
+        None => None,
+    };
+    let mut join = cluster.join.clone();
+    join.extend(cli.join.iter().cloned());
+    Ok(Some(fluxgate_host::cluster::ClusterSettings {
+        gossip_listen: listen,
+        advertise,
+        join,
+        secret_key,
+    }))
+}
+
 /// Applies `--port` to a config (also to every reloaded one).
 fn override_port(config: &mut Config, port: Option<u16>) {
     if let Some(port) = port
@@ -125,7 +176,23 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         let plugin_dir = config.plugins.dir.clone();
-        let gateway = Gateway::new(config, local);
+        let cluster = cluster_settings(&config, &cli)?;
+        let node_name = config.cluster.as_ref().and_then(|c| c.node_name.clone());
+        let gateway = match node_name {
+            Some(name) => Gateway::with_node_name(config, local, name),
+            None => Gateway::new(config, local),
+        };
+        let cluster_task = match cluster {
+            Some(settings) => {
+                let gossip = settings.gossip_listen;
+                let (view, task) = fluxgate_host::cluster::start(gateway.clone(), settings)
+                    .await
+                    .with_context(|| format!("cannot start gossip on {gossip}"))?;
+                let _ = gateway.cluster.set(view);
+                Some(task)
+            }
+            None => None,
+        };
         fluxgate_host::plugins::watch::load_all(&gateway, &plugin_dir).await;
         let _plugin_watcher = fluxgate_host::plugins::watch::watch(gateway.clone(), &plugin_dir)
             .with_context(|| format!("watching the plugin folder {}", plugin_dir.display()))?;
@@ -140,25 +207,25 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!(listen = %local, config = ?cli.config, "fluxgate listening");
-        fluxgate_host::run(listener, gateway, shutdown_signal()).await?;
+        fluxgate_host::run(listener, gateway.clone(), shutdown_signal()).await?;
+        if let (Some(view), Some(mut task)) = (gateway.cluster.get(), cluster_task) {
+            // Peers should see a clean stop as "left", not wait to declare us dead.
+            view.leave();
+            if tokio::time::timeout(std::time::Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// A listener with SO_REUSEADDR (restart without waiting for TIME_WAIT) and a deep
-/// accept backlog.
+/// The HTTP listener, with a deep accept backlog.
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    tokio::net::TcpListener::from_std(fluxgate_host::server::listen_tcp(addr, 1024)?)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

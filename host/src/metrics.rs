@@ -52,6 +52,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Open WebSocket tunnels.
     pub websockets: IntGauge,
+    /// Gossip bytes by direction (sent, received) and transport (udp, tcp).
+    pub gossip_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +165,13 @@ impl Metrics {
             &["upstream", "target"],
         );
         let websockets = IntGauge::new("websocket_connections", "Open WebSocket tunnels");
+        let gossip_bytes = IntCounterVec::new(
+            Opts::new(
+                "gossip_bytes_total",
+                "Gossip bytes by direction and transport",
+            ),
+            &["direction", "transport"],
+        );
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; unwrap_or_else keeps that out of the panic path.
         let metrics = Self {
@@ -184,6 +193,7 @@ impl Metrics {
             health_changes: health_changes.unwrap_or_else(|e| unreachable!("{e}")),
             breaker_state: breaker_state.unwrap_or_else(|e| unreachable!("{e}")),
             websockets: websockets.unwrap_or_else(|e| unreachable!("{e}")),
+            gossip_bytes: gossip_bytes.unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
         for collector in [
@@ -205,6 +215,7 @@ impl Metrics {
             Box::new(metrics.health_changes.clone()),
             Box::new(metrics.breaker_state.clone()),
             Box::new(metrics.websockets.clone()),
+            Box::new(metrics.gossip_bytes.clone()),
         ] {
             if let Err(e) = metrics.registry.register(collector) {
                 unreachable!("metric registration: {e}");

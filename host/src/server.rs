@@ -26,6 +26,21 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/json\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
 {\"error\":\"request_timeout\",\"message\":\"request head not received in time\",\"status\":408}";
 
+/// A non-blocking TCP listener with SO_REUSEADDR (restart without waiting for
+/// TIME_WAIT) and the given accept backlog.
+pub fn listen_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
 /// `server.shutdown_grace_ms` for in-flight requests before returning.
 pub async fn serve(

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::support::upstream::Upstream;
 use crate::support::{client, get};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fluxgate-host");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_fluxgate-host");
 
 /// A running gateway process whose stdout lines are collected on a channel.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -22,7 +22,7 @@ struct Process {
 }
 
 impl Process {
-    fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let cwd = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(BIN)
             .current_dir(cwd.path())
@@ -50,7 +50,7 @@ impl Process {
     }
 
     /// Waits (bounded) for a stdout line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
@@ -64,7 +64,7 @@ impl Process {
     }
 
     /// The address from the "fluxgate listening" line.
-    fn listening_addr(&mut self) -> SocketAddr {
+    pub(crate) fn listening_addr(&mut self) -> SocketAddr {
         let line = self.wait_for("fluxgate listening");
         let start = line
             .find("listen=")
@@ -77,7 +77,7 @@ impl Process {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -91,6 +91,14 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Process {
+    /// Kills the process at once (no graceful leave), as a crash would.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

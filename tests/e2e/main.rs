@@ -3,6 +3,7 @@
 
 mod balancing;
 mod cli;
+mod cluster;
 mod framing;
 mod plugins;
 mod policies;

@@ -29,6 +29,37 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Absent = a single node (no gossip).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: gossip with other gateway nodes (memberlist's protocol).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// UDP and TCP address for gossip; `--gossip-port` replaces the port.
+    pub gossip_listen: String,
+    /// Address other nodes reach us at; default: the listen address (127.0.0.1 when
+    /// it is unspecified, which only suits single-host clusters).
+    pub advertise: Option<String>,
+    /// Nodes to join at start (`host:port`); `--join` adds to them.
+    pub join: Vec<String>,
+    /// Base64 AES key (16, 24 or 32 bytes): gossip is encrypted and authenticated.
+    pub secret_key: Option<String>,
+    /// Unique node name; default `hostname:http-port`.
+    pub node_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            gossip_listen: "0.0.0.0:7946".to_owned(),
+            advertise: None,
+            join: Vec::new(),
+            secret_key: None,
+            node_name: None,
+        }
+    }
 }
 
 impl Config {

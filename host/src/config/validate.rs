@@ -19,6 +19,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     check_server(config, &mut out);
     check_plugins(config, &mut out);
+    if let Some(cluster) = &config.cluster {
+        check_cluster(cluster, &mut out);
+    }
     for (name, upstream) in &config.upstreams {
         let at = |key: &str| format!("upstreams.{name}.{key}");
         if name.is_empty()
@@ -112,6 +115,51 @@ fn check_server(config: &Config, out: &mut Vec<Problem>) {
         out.push(Problem::new(
             "server.max_header_bytes",
             "must be at most 1048576",
+        ));
+    }
+}
+
+fn check_cluster(c: &super::ClusterConfig, out: &mut Vec<Problem>) {
+    if c.gossip_listen.parse::<SocketAddr>().is_err() {
+        out.push(Problem::new(
+            "cluster.gossip_listen",
+            format!(
+                "\"{}\" is not an address like 0.0.0.0:7946",
+                c.gossip_listen
+            ),
+        ));
+    }
+    if let Some(a) = &c.advertise
+        && a.parse::<SocketAddr>().is_err()
+    {
+        out.push(Problem::new(
+            "cluster.advertise",
+            format!("\"{a}\" is not an address like 10.0.0.2:7946"),
+        ));
+    }
+    for (i, join) in c.join.iter().enumerate() {
+        if join
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            out.push(Problem::new(
+                format!("cluster.join[{i}]"),
+                format!("\"{join}\" is not host:port"),
+            ));
+        }
+    }
+    if let Some(key) = &c.secret_key
+        && let Err(e) = crate::cluster::decode_key(key)
+    {
+        out.push(Problem::new("cluster.secret_key", e));
+    }
+    if c.node_name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.len() > 128)
+    {
+        out.push(Problem::new(
+            "cluster.node_name",
+            "must be 1-128 characters",
         ));
     }
 }

@@ -42,6 +42,8 @@ pub struct Entry {
 pub struct Registry {
     node: String,
     clock: u64,
+    /// Bumped on every change, so the cluster knows when to refresh its push/pull state.
+    revision: u64,
     entries: HashMap<String, Entry>,
     tombstone_grace: Duration,
 }
@@ -52,6 +54,7 @@ impl Registry {
         Self {
             node: node.into(),
             clock: start_ms,
+            revision: 0,
             entries: HashMap::new(),
             tombstone_grace,
         }
@@ -61,8 +64,14 @@ impl Registry {
         &self.node
     }
 
+    /// Changes so far (any kind).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     fn next_stamp(&mut self) -> Stamp {
         self.clock += 1;
+        self.revision += 1;
         Stamp {
             clock: self.clock,
             owner: self.node.clone(),
@@ -126,15 +135,17 @@ impl Registry {
         })
     }
 
-    /// Applies a remote change if it is newer than what we hold; returns whether the
-    /// set of live instances changed.
-    pub fn apply(&mut self, delta: Delta, now: Instant) -> bool {
+    /// Applies a remote change if it is newer than what we hold: `None` = not newer
+    /// (ignored), `Some(changed)` = taken, `changed` telling whether the set of live
+    /// instances changed. Only newer deltas are passed on by gossip.
+    pub fn apply(&mut self, delta: Delta, now: Instant) -> Option<bool> {
         self.clock = self.clock.max(delta.stamp.clock);
         if let Some(current) = self.entries.get(&delta.id)
             && current.stamp >= delta.stamp
         {
-            return false;
+            return None;
         }
+        self.revision += 1;
         let was_live = self.entries.get(&delta.id).is_some_and(|e| e.reg.is_some());
         let live = delta.reg.is_some();
         // A remote write to an instance we owned makes it theirs: our TTL no longer applies.
@@ -147,16 +158,38 @@ impl Registry {
                 changed_at: now,
             },
         );
-        was_live || live
+        Some(was_live || live)
     }
 
     /// Merges a full state (push/pull); returns whether live instances changed.
     pub fn merge(&mut self, state: Vec<Delta>, now: Instant) -> bool {
         let mut changed = false;
         for delta in state {
-            changed |= self.apply(delta, now);
+            changed |= self.apply(delta, now).unwrap_or(false);
         }
         changed
+    }
+
+    /// Gives this node's live entries fresh stamps (to gossip again): after a peer
+    /// (re)joins, it may hold tombstones for them from a time it thought we were dead.
+    pub fn restamp_own(&mut self, now: Instant) -> Vec<Delta> {
+        let own: Vec<Registration> = self
+            .entries
+            .values()
+            .filter(|e| e.stamp.owner == self.node)
+            .filter_map(|e| e.reg.clone())
+            .collect();
+        own.into_iter()
+            .map(|reg| {
+                let expires_at = self.entries.get(&reg.id).and_then(|e| e.expires_at);
+                let delta = self.register(reg, now);
+                if let Some(entry) = self.entries.get_mut(&delta.id) {
+                    // Re-announcing is not a heartbeat: keep the TTL deadline.
+                    entry.expires_at = expires_at;
+                }
+                delta
+            })
+            .collect()
     }
 
     /// Everything we hold, tombstones included, for anti-entropy.
@@ -178,6 +211,7 @@ impl Registry {
         let mut changed = false;
         for entry in self.entries.values_mut() {
             if entry.stamp.owner == owner && entry.reg.is_some() {
+                self.revision += 1;
                 entry.reg = None;
                 entry.expires_at = None;
                 entry.changed_at = now;
@@ -265,16 +299,16 @@ mod tests {
         let mut a = Registry::new("a", 1_000, GRACE);
         let mut b = Registry::new("b", 5_000, GRACE);
         let d1 = a.register(reg("x", "svc", None), now);
-        assert!(b.apply(d1.clone(), now));
-        assert!(!b.apply(d1.clone(), now), "a repeat changes nothing");
+        assert_eq!(b.apply(d1.clone(), now), Some(true));
+        assert_eq!(b.apply(d1.clone(), now), None, "a repeat is not newer");
         assert_eq!(b.services()["svc"].len(), 1);
         // b deregisters it: b's clock already moved past a's stamp, so the tombstone wins.
         let tomb = b.deregister("x", now).unwrap();
         assert!(tomb.stamp > d1.stamp);
-        assert!(a.apply(tomb, now));
+        assert_eq!(a.apply(tomb, now), Some(true));
         assert!(a.services().is_empty());
         // The stale registration arriving late does not bring it back.
-        assert!(!a.apply(d1, now));
+        assert_eq!(a.apply(d1, now), None);
         assert!(a.services().is_empty());
     }
 
@@ -319,7 +353,7 @@ mod tests {
         );
         let gone = a.expire(t0 + Duration::from_secs(20));
         assert_eq!(gone.len(), 1);
-        assert!(b.apply(gone[0].clone(), t0));
+        assert_eq!(b.apply(gone[0].clone(), t0), Some(true));
         assert!(b.services().is_empty());
         assert_eq!(a.heartbeat("x", t0), Err(HeartbeatError::Unknown));
     }
@@ -333,12 +367,31 @@ mod tests {
         b.apply(old.clone(), now);
         assert!(b.withdraw_owner("a", now));
         assert!(b.services().is_empty());
-        assert!(!b.apply(old, now), "a stale copy cannot resurrect it");
+        assert_eq!(b.apply(old, now), None, "a stale copy cannot resurrect it");
         // a restarts later: its clock is seeded with a later start time.
         let mut a2 = Registry::new("a", 900_000, GRACE);
         let again = a2.register(reg("x", "s", None), now);
-        assert!(b.apply(again, now));
+        assert_eq!(b.apply(again, now), Some(true));
         assert_eq!(b.services()["s"].len(), 1);
+    }
+
+    #[test]
+    fn restamping_wins_over_tombstones_left_by_a_false_death() {
+        let now = Instant::now();
+        let mut a = Registry::new("a", 1_000, GRACE);
+        let mut b = Registry::new("b", 1_000, GRACE);
+        b.apply(a.register(reg("x", "s", Some(30)), now), now);
+        b.withdraw_owner("a", now);
+        let before = a.revision();
+        let again = a.restamp_own(now);
+        assert_eq!(again.len(), 1);
+        assert!(a.revision() > before);
+        assert_eq!(b.apply(again[0].clone(), now), Some(true));
+        assert_eq!(b.services()["s"].len(), 1);
+        assert!(
+            a.expire(now + Duration::from_secs(31)).len() == 1,
+            "TTL kept"
+        );
     }
 
     #[test]

@@ -1,0 +1,541 @@
+//! The thin I/O loop around the SWIM state machine: UDP packets, TCP push/pull
+//! streams, timers, and the registry's deltas in and out.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::messages::{AckResp, Message, MessageType, PushPull};
+use super::swim::{Member, MemberEvent, MemberState, Output, Swim, SwimConfig};
+use super::wire::{self, Keyring, WireError};
+use crate::gateway::Gateway;
+use crate::registry::Delta;
+
+/// Largest UDP datagram we read.
+const MAX_DATAGRAM: usize = 65_536;
+/// Largest push/pull stream we read (memberlist's own cap is far above what a
+/// registry needs; this bounds a peer's claim on our memory).
+const MAX_STREAM: usize = 64 * 1024 * 1024;
+/// A TCP exchange that takes longer than this is abandoned (memberlist's TCPTimeout).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything `start` needs, resolved from `[cluster]` and the command line.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub gossip_listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub join: Vec<String>,
+    pub secret_key: Option<Vec<u8>>,
+}
+
+/// What the rest of the gateway sees of the cluster: its members, for
+/// `/api/v1/health`.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    members: Mutex<Vec<Member>>,
+    pub gossip_addr: Mutex<Option<SocketAddr>>,
+    leave: tokio::sync::Notify,
+}
+
+impl ClusterView {
+    /// Asks the loop to leave the cluster (peers then see this node as "left", not
+    /// dead) and stop; the cluster task ends once the leave has been gossiped.
+    pub fn leave(&self) {
+        self.leave.notify_one();
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A push/pull stream event handed from a connection task to the loop.
+enum StreamEvent {
+    /// A peer pushed its state; answer with ours.
+    Incoming {
+        from: SocketAddr,
+        remote: PushPull,
+        reply: oneshot::Sender<PushPull>,
+    },
+    /// The answer to a push/pull we started.
+    Reply(PushPull),
+    /// A user message sent over TCP (memberlist's `SendReliable`).
+    User(Vec<u8>),
+}
+
+/// Binds the gossip sockets and starts the loop. The returned task runs until aborted
+/// (the gateway's lifetime).
+pub async fn start(
+    gateway: Arc<Gateway>,
+    settings: ClusterSettings,
+) -> std::io::Result<(Arc<ClusterView>, JoinHandle<()>)> {
+    let (tcp, udp) = bind_pair(settings.gossip_listen)?;
+    let (tcp, udp) = (TcpListener::from_std(tcp)?, UdpSocket::from_std(udp)?);
+    let bound = udp.local_addr()?;
+    let mut advertise = settings.advertise;
+    if advertise.port() == 0 {
+        advertise.set_port(bound.port());
+    }
+    let keys = Keyring::new(settings.secret_key.clone().into_iter().collect())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let view = Arc::new(ClusterView::default());
+    *view.gossip_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+    let config = SwimConfig::lan(gateway.node_name.clone(), advertise);
+    let seeds = resolve_seeds(&settings.join).await;
+    tracing::info!(node = %gateway.node_name, gossip = %bound, %advertise, seeds = seeds.len(), encrypted = keys.is_enabled(), "cluster starting");
+    let looper = Loop {
+        swim: Swim::new(config, Instant::now()),
+        gateway,
+        udp: Arc::new(udp),
+        keys,
+        view: view.clone(),
+        user_state_revision: None,
+    };
+    let task = tokio::spawn(looper.run(tcp, seeds));
+    Ok((view, task))
+}
+
+/// TCP and UDP on one port (memberlist's convention: peers derive one from the other).
+/// For port 0 the TCP port is picked first and UDP takes the same number, retrying
+/// with a new one if that UDP port happens to be in use.
+fn bind_pair(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
+    let mut last_error = None;
+    for _ in 0..10 {
+        let tcp = crate::server::listen_tcp(addr, 128)?;
+        let mut same = addr;
+        same.set_port(tcp.local_addr()?.port());
+        match bind_udp(same) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if addr.port() == 0 => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free gossip port")))
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    // Gossip bursts (a push/pull reply, a broadcast storm) should not be dropped by a
+    // small default receive buffer; memberlist asks for 2 MiB too.
+    let _ = socket.set_recv_buffer_size(2 * 1024 * 1024);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn resolve_seeds(join: &[String]) -> Vec<SocketAddr> {
+    let mut seeds = Vec::new();
+    for seed in join {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => seeds.extend(addrs.take(1)),
+            Err(e) => tracing::warn!(seed, error = %e, "cannot resolve a cluster seed"),
+        }
+    }
+    seeds
+}
+
+struct Loop {
+    swim: Swim,
+    gateway: Arc<Gateway>,
+    udp: Arc<UdpSocket>,
+    keys: Keyring,
+    view: Arc<ClusterView>,
+    /// Registry revision last put into the push/pull user state.
+    user_state_revision: Option<u64>,
+}
+
+impl Loop {
+    async fn run(mut self, tcp: TcpListener, seeds: Vec<SocketAddr>) {
+        let (deltas_tx, mut deltas) = mpsc::unbounded_channel::<Delta>();
+        self.gateway.set_gossip(deltas_tx);
+        let (streams_tx, mut streams) = mpsc::channel::<StreamEvent>(64);
+        self.refresh_user_state();
+        let outputs = self.swim.join(&seeds, Instant::now());
+        self.handle(outputs, &streams_tx);
+        self.publish_members();
+        // Seeds that are not up yet are tried again (1 s, doubling to 30 s) until some
+        // other node is known: nodes of a cluster may start in any order.
+        let mut rejoin_every = Duration::from_secs(1);
+        let mut rejoin_at = Instant::now() + rejoin_every;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            self.refresh_user_state();
+            let now = Instant::now();
+            if !seeds.is_empty() && now >= rejoin_at {
+                if self.swim.members().len() <= 1 {
+                    tracing::info!(
+                        seeds = seeds.len(),
+                        "no cluster member known yet: joining again"
+                    );
+                    let outputs = self.swim.join(&seeds, now);
+                    self.handle(outputs, &streams_tx);
+                    rejoin_every = (rejoin_every * 2).min(Duration::from_secs(30));
+                }
+                rejoin_at = now + rejoin_every;
+            }
+            let deadline = self.swim.next_deadline().min(rejoin_at);
+            let outputs = tokio::select! {
+                received = self.udp.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => {
+                        self.count("received", "udp", n);
+                        self.on_packet(&buf[..n], from)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "gossip receive failed");
+                        Vec::new()
+                    }
+                },
+                accepted = tcp.accept() => {
+                    if let Ok((stream, from)) = accepted {
+                        let keys = self.keys.clone();
+                        let events = streams_tx.clone();
+                        tokio::spawn(serve_stream(stream, from, keys, events));
+                    }
+                    Vec::new()
+                }
+                Some(event) = streams.recv() => match event {
+                    StreamEvent::Incoming { from, remote, reply } => {
+                        let (ours, outputs) = self.swim.handle_push_pull(from, remote, Instant::now());
+                        let _ = reply.send(ours);
+                        outputs
+                    }
+                    StreamEvent::Reply(remote) => self.swim.handle_push_pull_reply(remote, Instant::now()),
+                    StreamEvent::User(payload) => {
+                        if self.apply_user_payload(&payload, Instant::now()) {
+                            self.gateway.refresh_services();
+                        }
+                        Vec::new()
+                    }
+                },
+                Some(delta) = deltas.recv() => {
+                    self.broadcast(&delta);
+                    Vec::new()
+                }
+                () = tokio::time::sleep_until(deadline) => self.swim.tick(Instant::now()),
+                () = self.view.leave.notified() => {
+                    self.leave(&streams_tx).await;
+                    return;
+                }
+            };
+            self.handle(outputs, &streams_tx);
+            self.deliver_registry_updates();
+        }
+    }
+
+    /// Announces our departure and keeps gossiping (at most 2 s) until the news is out,
+    /// as memberlist's `Leave` waits for its broadcast.
+    async fn leave(&mut self, streams: &mpsc::Sender<StreamEvent>) {
+        tracing::info!("leaving the cluster");
+        let outputs = self.swim.leave(Instant::now());
+        self.handle(outputs, streams);
+        let until = Instant::now() + Duration::from_secs(2);
+        while self.swim.pending_broadcasts() > 0 && Instant::now() < until {
+            tokio::time::sleep_until(self.swim.next_deadline().min(until)).await;
+            let outputs = self.swim.tick(Instant::now());
+            self.handle(outputs, streams);
+        }
+    }
+
+    /// Keeps the push/pull user state (the registry's full state) current.
+    fn refresh_user_state(&mut self) {
+        let (revision, state) = {
+            let registry = self.gateway.registry();
+            if Some(registry.revision()) == self.user_state_revision {
+                return;
+            }
+            (registry.revision(), registry.full_state())
+        };
+        self.user_state_revision = Some(revision);
+        self.swim
+            .set_local_user_state(serde_json::to_vec(&state).unwrap_or_default());
+    }
+
+    fn broadcast(&mut self, delta: &Delta) {
+        if let Ok(payload) = serde_json::to_vec(delta) {
+            self.swim
+                .broadcast_user(format!("registry:{}", delta.id), payload);
+        }
+    }
+
+    fn on_packet(&mut self, packet: &[u8], from: SocketAddr) -> Vec<Output> {
+        match wire::open_packet(packet, &[], &self.keys) {
+            Ok(messages) => self.swim.handle_packet(from, messages, Instant::now()),
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "gossip packet dropped");
+                Vec::new()
+            }
+        }
+    }
+
+    fn handle(&mut self, outputs: Vec<Output>, streams: &mpsc::Sender<StreamEvent>) {
+        let mut membership_changed = false;
+        for output in outputs {
+            match output {
+                Output::Packet { to, messages } => self.send_packet(to, &messages),
+                Output::PushPull { to, state } => {
+                    let keys = self.keys.clone();
+                    let events = streams.clone();
+                    let bytes = self.gateway.metrics.gossip_bytes.clone();
+                    tokio::spawn(async move {
+                        match push_pull(to, &state, &keys, &bytes).await {
+                            Ok(remote) => {
+                                let _ = events.send(StreamEvent::Reply(remote)).await;
+                            }
+                            Err(e) => tracing::debug!(peer = %to, error = %e, "push/pull failed"),
+                        }
+                    });
+                }
+                Output::Event(event) => {
+                    membership_changed = true;
+                    self.on_member_event(event);
+                }
+            }
+        }
+        if membership_changed {
+            self.publish_members();
+        }
+    }
+
+    fn count(&self, direction: &str, transport: &str, bytes: usize) {
+        self.gateway
+            .metrics
+            .gossip_bytes
+            .with_label_values(&[direction, transport])
+            .inc_by(bytes as u64);
+    }
+
+    fn publish_members(&self) {
+        *self.view.members.lock().unwrap_or_else(|e| e.into_inner()) = self.swim.members();
+    }
+
+    fn send_packet(&self, to: SocketAddr, messages: &[Message]) {
+        let encoded: Vec<Vec<u8>> = messages.iter().map(wire::encode_message).collect();
+        // A lone message goes bare, as memberlist sends it; more are compounded.
+        let payloads = match encoded.len() {
+            0 => Vec::new(),
+            1..=255 => vec![wire::compound(&encoded)],
+            _ => wire::compounds(&encoded),
+        };
+        for payload in payloads {
+            match wire::seal_packet(payload, &[], true, &self.keys) {
+                // A full socket buffer drops the packet, as UDP would: SWIM tolerates loss.
+                Ok(packet) => {
+                    if self.udp.try_send_to(&packet, to).is_ok() {
+                        self.count("sent", "udp", packet.len());
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %to, error = %e, "gossip packet not sent"),
+            }
+        }
+    }
+
+    fn on_member_event(&mut self, event: MemberEvent) {
+        let now = Instant::now();
+        match event {
+            MemberEvent::Joined(member) => {
+                tracing::info!(node = %member.name, addr = %member.addr, "cluster member joined");
+                // It may hold tombstones for our instances from a time it thought we
+                // were gone: re-announce them with fresh stamps.
+                let again = self.gateway.registry().restamp_own(now);
+                for delta in &again {
+                    self.broadcast(delta);
+                }
+            }
+            MemberEvent::Updated(member) => {
+                tracing::debug!(node = %member.name, "cluster member updated");
+            }
+            MemberEvent::Suspected(name) => {
+                tracing::info!(node = %name, "cluster member suspected")
+            }
+            MemberEvent::Died(name) | MemberEvent::Left(name) => {
+                tracing::warn!(node = %name, "cluster member gone: withdrawing its registrations");
+                let withdrawn = self.gateway.registry().withdraw_owner(&name, now);
+                if withdrawn {
+                    self.gateway.refresh_services();
+                }
+            }
+        }
+    }
+
+    /// Applies registry deltas and full states received by gossip; newer deltas are
+    /// gossiped on (memberlist hands user messages to the delegate only once).
+    fn deliver_registry_updates(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for payload in self.swim.take_user_messages() {
+            changed |= self.apply_user_payload(&payload, now);
+        }
+        for state in self.swim.take_remote_user_states() {
+            let Ok(deltas) = serde_json::from_slice::<Vec<Delta>>(&state) else {
+                continue;
+            };
+            changed |= self.gateway.registry().merge(deltas, now);
+        }
+        if changed {
+            self.gateway.refresh_services();
+        }
+    }
+}
+
+impl Loop {
+    /// Applies one registry delta from a user message; a newer one is gossiped on.
+    /// Returns whether live instances changed. Payloads that are not ours are ignored.
+    fn apply_user_payload(&mut self, payload: &[u8], now: Instant) -> bool {
+        let Ok(delta) = serde_json::from_slice::<Delta>(payload) else {
+            return false;
+        };
+        let applied = self.gateway.registry().apply(delta.clone(), now);
+        if applied.is_some() {
+            self.broadcast(&delta);
+        }
+        applied.unwrap_or(false)
+    }
+}
+
+/// Reads from `stream` until `parse` accepts the bytes (it says `Truncated` until then).
+async fn read_message<T>(
+    stream: &mut TcpStream,
+    mut parse: impl FnMut(&[u8]) -> Result<T, WireError>,
+) -> Result<T, String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed mid-message".to_owned());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_STREAM {
+            return Err("stream message too large".to_owned());
+        }
+        match parse(&buf) {
+            Ok(value) => return Ok(value),
+            Err(WireError::Truncated) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Our side of a push/pull we start: send our state, read theirs.
+async fn push_pull(
+    to: SocketAddr,
+    state: &PushPull,
+    keys: &Keyring,
+    bytes: &prometheus::IntCounterVec,
+) -> Result<PushPull, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+        let sealed = wire::seal_stream(wire::encode_push_pull(state), &[], keys)
+            .map_err(|e| e.to_string())?;
+        stream.write_all(&sealed).await.map_err(|e| e.to_string())?;
+        bytes
+            .with_label_values(&["sent", "tcp"])
+            .inc_by(sealed.len() as u64);
+        let mut size = 0;
+        let reply = read_message(&mut stream, |buf| {
+            size = buf.len();
+            let inner = wire::open_stream_reply(buf, &[], keys)?;
+            wire::decode_push_pull(&inner)
+        })
+        .await;
+        bytes
+            .with_label_values(&["received", "tcp"])
+            .inc_by(size as u64);
+        reply
+    };
+    tokio::time::timeout(STREAM_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// An accepted gossip stream: a push/pull (answered with our state) or a TCP ping
+/// (answered with an ack, as memberlist's `handleConn` does).
+async fn serve_stream(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    keys: Keyring,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let exchange = async {
+        let inner = read_message(&mut stream, |buf| {
+            let inner = wire::open_stream(buf, &[], &keys)?;
+            // Make sure the message is complete before handing it on.
+            match inner.first().copied() {
+                Some(t) if t == MessageType::PushPull as u8 => {
+                    wire::decode_push_pull(&inner)?;
+                }
+                Some(t) if t == MessageType::User as u8 => {
+                    wire::decode_user_stream(&inner)?;
+                }
+                _ => {
+                    wire::decode_message(&inner)?;
+                }
+            }
+            Ok(inner)
+        })
+        .await?;
+        let reply = match inner.first().copied() {
+            Some(t) if t == MessageType::PushPull as u8 => {
+                let remote = wire::decode_push_pull(&inner).map_err(|e| e.to_string())?;
+                let (tx, rx) = oneshot::channel();
+                events
+                    .send(StreamEvent::Incoming {
+                        from,
+                        remote,
+                        reply: tx,
+                    })
+                    .await
+                    .map_err(|_| "cluster loop stopped".to_owned())?;
+                let ours = rx.await.map_err(|_| "no state to answer with".to_owned())?;
+                wire::encode_push_pull(&ours)
+            }
+            Some(t) if t == MessageType::User as u8 => {
+                let payload = wire::decode_user_stream(&inner).map_err(|e| e.to_string())?;
+                events
+                    .send(StreamEvent::User(payload))
+                    .await
+                    .map_err(|_| "cluster loop stopped".to_owned())?;
+                // memberlist does not answer a user message.
+                return Ok(());
+            }
+            _ => match wire::decode_message(&inner) {
+                Ok(Message::Ping(ping)) => wire::encode_message(&Message::Ack(AckResp {
+                    seq_no: ping.seq_no,
+                    payload: Vec::new(),
+                })),
+                _ => return Err("unsupported stream message".to_owned()),
+            },
+        };
+        let sealed = wire::seal_stream_reply(reply, &[], &keys).map_err(|e| e.to_string())?;
+        stream.write_all(&sealed).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(peer = %from, error = %e, "gossip stream failed"),
+        Err(_) => tracing::debug!(peer = %from, "gossip stream timed out"),
+    }
+}
+
+/// `state` as `/api/v1/health` shows it.
+pub fn state_name(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+    }
+}

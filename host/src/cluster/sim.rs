@@ -1,0 +1,815 @@
+//! Deterministic in-memory network of `Swim` nodes for the cluster tests.
+//!
+//! It models a virtual clock, per-link loss, delay, partitions, crashes and restarts.
+//! Nothing sleeps: the clock is an `Instant` advanced by explicit steps, every random
+//! choice comes from seeded `StdRng`s, and each node is driven the way the real driver
+//! does it (tick when `next_deadline` has passed, feed packets and push/pulls in).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::messages::{Message, PushPull};
+use super::swim::{MemberEvent, MemberState, Output, Swim, SwimConfig};
+
+/// How long a packet or a push/pull leg takes to arrive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SimDelay {
+    /// Always this long.
+    Fixed(Duration),
+    /// Uniformly random in `[low, high]`.
+    Uniform(Duration, Duration),
+}
+
+/// Counters of what the network did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// UDP packets sent.
+    pub packets: u64,
+    /// Packets dropped by the loss probability.
+    pub lost: u64,
+    /// Packets dropped by a partition or a crashed receiver.
+    pub blocked: u64,
+    /// Push/pull exchanges started.
+    pub push_pulls: u64,
+    /// Push/pull exchanges that failed (partition, crash, unknown address).
+    pub push_pulls_failed: u64,
+}
+
+/// Something on the wire.
+enum Payload {
+    Packet {
+        from: usize,
+        to: usize,
+        messages: Vec<Message>,
+    },
+    PushPullRequest {
+        from: usize,
+        from_gen: u64,
+        to: usize,
+        state: PushPull,
+    },
+    PushPullReply {
+        from: usize,
+        to: usize,
+        to_gen: u64,
+        state: PushPull,
+    },
+}
+
+struct InFlight {
+    due: Instant,
+    seq: u64,
+    payload: Payload,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for InFlight {}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InFlight {
+    /// Reversed so `BinaryHeap` pops the earliest (then first sent) item.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+/// One simulated host.
+pub struct SimNode {
+    /// The node's state machine (replaced on restart).
+    pub swim: Swim,
+    /// A crashed node neither processes nor sends anything.
+    pub crashed: bool,
+    /// Bumped on restart so replies to the old process are dropped like a broken stream.
+    generation: u64,
+    /// Every membership event the node reported, with its time.
+    pub events: Vec<(Instant, MemberEvent)>,
+    /// User payloads this node has seen (received or originated), with the first time.
+    pub user_seen: BTreeMap<Vec<u8>, Instant>,
+}
+
+/// N `Swim` nodes at 10.0.0.(i+1):7946 on a simulated network.
+pub struct SimNetwork {
+    start: Instant,
+    now: Instant,
+    step: Duration,
+    rng: StdRng,
+    seed: u64,
+    nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    queue: BinaryHeap<InFlight>,
+    next_seq: u64,
+    loss: f64,
+    link_loss: HashMap<(usize, usize), f64>,
+    delay: SimDelay,
+    /// Partition group per node; nodes in different groups cannot talk.
+    groups: Option<Vec<u8>>,
+    relay_user: bool,
+    configure: Box<dyn Fn(&mut SwimConfig)>,
+    /// What the network did so far.
+    pub stats: SimStats,
+}
+
+impl SimNetwork {
+    /// `n` (at most 254) nodes with memberlist's LAN defaults, none joined yet.
+    pub fn new(n: usize, seed: u64) -> Self {
+        Self::with_config(n, seed, |_| {})
+    }
+
+    /// Like [`SimNetwork::new`], with `configure` applied to every node's config.
+    pub fn with_config(n: usize, seed: u64, configure: impl Fn(&mut SwimConfig) + 'static) -> Self {
+        assert!(n <= 254, "addresses are 10.0.0.1 ..= 10.0.0.254");
+        let start = Instant::now();
+        let mut net = SimNetwork {
+            start,
+            now: start,
+            step: Duration::from_millis(10),
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            nodes: Vec::with_capacity(n),
+            by_addr: HashMap::new(),
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            loss: 0.0,
+            link_loss: HashMap::new(),
+            delay: SimDelay::Uniform(Duration::from_millis(1), Duration::from_millis(5)),
+            groups: None,
+            relay_user: false,
+            configure: Box::new(configure),
+            stats: SimStats::default(),
+        };
+        for i in 0..n {
+            let swim = net.make_swim(i, 0);
+            net.by_addr.insert(Self::addr(i), i);
+            net.nodes.push(SimNode {
+                swim,
+                crashed: false,
+                generation: 0,
+                events: Vec::new(),
+                user_seen: BTreeMap::new(),
+            });
+        }
+        net
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(i: usize) -> SocketAddr {
+        let last = u8::try_from(i + 1).unwrap_or(u8::MAX);
+        SocketAddr::from(([10, 0, 0, last], 7946))
+    }
+
+    /// Node `i`'s name.
+    pub fn name(i: usize) -> String {
+        format!("node-{i}")
+    }
+
+    fn make_swim(&self, i: usize, generation: u64) -> Swim {
+        let mut cfg = SwimConfig::lan(Self::name(i), Self::addr(i));
+        cfg.rng_seed = Some(self.seed ^ ((i as u64) << 16) ^ (generation << 40));
+        (self.configure)(&mut cfg);
+        Swim::new(cfg, self.now)
+    }
+
+    /// Number of nodes (crashed ones included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The virtual clock.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &SimNode {
+        &self.nodes[i]
+    }
+
+    /// Node `i`'s state machine, e.g. to queue a broadcast.
+    pub fn swim_mut(&mut self, i: usize) -> &mut Swim {
+        &mut self.nodes[i].swim
+    }
+
+    /// Node `i` joins through node `seed`.
+    pub fn join(&mut self, i: usize, seed: usize) {
+        let outs = self.nodes[i].swim.join(&[Self::addr(seed)], self.now);
+        self.route(i, outs);
+    }
+
+    /// Loss probability on every link without its own setting.
+    pub fn set_loss(&mut self, p: f64) {
+        self.loss = p;
+    }
+
+    /// Loss probability for packets from `a` to `b`.
+    pub fn set_link_loss(&mut self, a: usize, b: usize, p: f64) {
+        self.link_loss.insert((a, b), p);
+    }
+
+    /// Delay of every packet and push/pull leg.
+    pub fn set_delay(&mut self, delay: SimDelay) {
+        self.delay = delay;
+    }
+
+    /// Cut `side` off from everyone else (UDP and TCP alike).
+    pub fn partition(&mut self, side: &[usize]) {
+        self.partition_groups(&[side]);
+    }
+
+    /// Split the network into `groups` plus one group of every node not listed; nodes in
+    /// different groups cannot reach each other (UDP and TCP alike).
+    pub fn partition_groups(&mut self, groups: &[&[usize]]) {
+        let mut group_of = vec![0u8; self.nodes.len()];
+        for (g, members) in groups.iter().enumerate() {
+            for &i in members.iter() {
+                group_of[i] = u8::try_from(g + 1).unwrap_or(u8::MAX);
+            }
+        }
+        self.groups = Some(group_of);
+    }
+
+    /// Remove the partition.
+    pub fn heal(&mut self) {
+        self.groups = None;
+    }
+
+    /// Stop node `i` dead: no processing, no sending.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].crashed = true;
+    }
+
+    /// A fresh process for node `i` (same name and address, incarnation 1); call
+    /// [`SimNetwork::join`] to have it rejoin.
+    pub fn restart(&mut self, i: usize) {
+        let generation = self.nodes[i].generation + 1;
+        let swim = self.make_swim(i, generation);
+        let node = &mut self.nodes[i];
+        node.swim = swim;
+        node.crashed = false;
+        node.generation = generation;
+    }
+
+    /// Act as the application layer (the registry) does: re-broadcast every user
+    /// payload the first time a node sees it, keyed by its content.
+    pub fn set_relay_user(&mut self, relay: bool) {
+        self.relay_user = relay;
+    }
+
+    /// Node `i` originates a user broadcast.
+    pub fn broadcast_user(&mut self, i: usize, key: &str, payload: &[u8]) {
+        let node = &mut self.nodes[i];
+        node.user_seen.insert(payload.to_vec(), self.now);
+        node.swim.broadcast_user(key.to_string(), payload.to_vec());
+    }
+
+    /// Advance the clock one step: deliver what is due, tick due nodes, run the
+    /// application layer.
+    pub fn step(&mut self) {
+        self.now += self.step;
+        while self.queue.peek().is_some_and(|f| f.due <= self.now) {
+            if let Some(item) = self.queue.pop() {
+                self.deliver(item.payload);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            if node.crashed || node.swim.next_deadline() > self.now {
+                continue;
+            }
+            let outs = node.swim.tick(self.now);
+            self.route(i, outs);
+        }
+        self.app_layer();
+    }
+
+    /// Run for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Run until `done` holds (checked every 100 ms of virtual time) or `limit` passed;
+    /// the virtual time it took, if it held.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&SimNetwork) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let check_every = Duration::from_millis(100);
+        let mut next_check = start;
+        while self.now - start <= limit {
+            if self.now >= next_check {
+                if done(self) {
+                    return Some(self.now - start);
+                }
+                next_check += check_every;
+            }
+            self.step();
+        }
+        None
+    }
+
+    /// The names node `i` sees as alive.
+    pub fn alive_names(&self, i: usize) -> BTreeSet<String> {
+        self.nodes[i]
+            .swim
+            .members()
+            .into_iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.name)
+            .collect()
+    }
+
+    /// How node `i` sees `name` (None: unknown or reaped).
+    pub fn state_of(&self, i: usize, name: &str) -> Option<MemberState> {
+        self.nodes[i]
+            .swim
+            .members()
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.state)
+    }
+
+    /// Every node in `set` sees exactly the nodes of `set` alive.
+    pub fn all_agree(&self, set: &[usize]) -> bool {
+        let expected: BTreeSet<String> = set.iter().map(|&i| Self::name(i)).collect();
+        set.iter().all(|&i| self.alive_names(i) == expected)
+    }
+
+    fn delay(&mut self) -> Duration {
+        match self.delay {
+            SimDelay::Fixed(d) => d,
+            SimDelay::Uniform(lo, hi) if hi > lo => {
+                let span = u64::try_from((hi - lo).as_nanos()).unwrap_or(u64::MAX);
+                lo + Duration::from_nanos(self.rng.random_range(0..=span))
+            }
+            SimDelay::Uniform(lo, _) => lo,
+        }
+    }
+
+    fn enqueue(&mut self, payload: Payload) {
+        let due = self.now + self.delay();
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.queue.push(InFlight { due, seq, payload });
+    }
+
+    fn can_reach(&self, a: usize, b: usize) -> bool {
+        self.groups.as_ref().is_none_or(|g| g[a] == g[b])
+    }
+
+    fn route(&mut self, from: usize, outs: Vec<Output>) {
+        for out in outs {
+            match out {
+                Output::Packet { to, messages } => self.send_packet(from, to, messages),
+                Output::PushPull { to, state } => self.start_push_pull(from, to, state),
+                Output::Event(e) => self.nodes[from].events.push((self.now, e)),
+            }
+        }
+    }
+
+    fn send_packet(&mut self, from: usize, to: SocketAddr, messages: Vec<Message>) {
+        self.stats.packets += 1;
+        let Some(&to) = self.by_addr.get(&to) else {
+            self.stats.blocked += 1;
+            return;
+        };
+        let loss = self
+            .link_loss
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.loss);
+        if loss > 0.0 && self.rng.random::<f64>() < loss {
+            self.stats.lost += 1;
+            return;
+        }
+        self.enqueue(Payload::Packet { from, to, messages });
+    }
+
+    fn start_push_pull(&mut self, from: usize, to: SocketAddr, state: PushPull) {
+        self.stats.push_pulls += 1;
+        let Some(&to) = self.by_addr.get(&to) else {
+            self.stats.push_pulls_failed += 1;
+            return;
+        };
+        let from_gen = self.nodes[from].generation;
+        self.enqueue(Payload::PushPullRequest {
+            from,
+            from_gen,
+            to,
+            state,
+        });
+    }
+
+    fn deliver(&mut self, payload: Payload) {
+        let now = self.now;
+        match payload {
+            Payload::Packet { from, to, messages } => {
+                if self.nodes[to].crashed || !self.can_reach(from, to) {
+                    self.stats.blocked += 1;
+                    return;
+                }
+                let outs = self.nodes[to]
+                    .swim
+                    .handle_packet(Self::addr(from), messages, now);
+                self.route(to, outs);
+            }
+            Payload::PushPullRequest {
+                from,
+                from_gen,
+                to,
+                state,
+            } => {
+                let broken = self.nodes[from].crashed || self.nodes[from].generation != from_gen;
+                if broken || self.nodes[to].crashed || !self.can_reach(from, to) {
+                    self.stats.push_pulls_failed += 1;
+                    return;
+                }
+                let (reply, outs) =
+                    self.nodes[to]
+                        .swim
+                        .handle_push_pull(Self::addr(from), state, now);
+                self.route(to, outs);
+                self.enqueue(Payload::PushPullReply {
+                    from: to,
+                    to: from,
+                    to_gen: from_gen,
+                    state: reply,
+                });
+            }
+            Payload::PushPullReply {
+                from,
+                to,
+                to_gen,
+                state,
+            } => {
+                let broken = self.nodes[to].crashed || self.nodes[to].generation != to_gen;
+                if broken || !self.can_reach(from, to) {
+                    self.stats.push_pulls_failed += 1;
+                    return;
+                }
+                let outs = self.nodes[to].swim.handle_push_pull_reply(state, now);
+                self.route(to, outs);
+            }
+        }
+    }
+
+    /// The registry's part: collect user payloads, re-broadcast news when relaying.
+    fn app_layer(&mut self) {
+        let now = self.now;
+        let relay = self.relay_user;
+        for node in self.nodes.iter_mut().filter(|n| !n.crashed) {
+            let _ = node.swim.take_remote_user_states();
+            for payload in node.swim.take_user_messages() {
+                if node.user_seen.contains_key(&payload) {
+                    continue;
+                }
+                node.user_seen.insert(payload.clone(), now);
+                if relay {
+                    let key = String::from_utf8_lossy(&payload).into_owned();
+                    node.swim.broadcast_user(key, payload);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::swim::suspicion_timeout;
+    use super::*;
+
+    const N: usize = 50;
+
+    /// N nodes, all joining through node 0 at once; returns the time until every node
+    /// sees all N alive.
+    fn converged(seed: u64) -> (SimNetwork, Duration) {
+        let mut net = SimNetwork::new(N, seed);
+        for i in 1..N {
+            net.join(i, 0);
+        }
+        let all: Vec<usize> = (0..N).collect();
+        let took = net.run_until(Duration::from_secs(60), |net| net.all_agree(&all));
+        let took = took.expect("50 nodes converge within 60 s");
+        (net, took)
+    }
+
+    fn count_events(
+        net: &SimNetwork,
+        since: Instant,
+        pred: impl Fn(&MemberEvent) -> bool,
+    ) -> usize {
+        (0..net.len())
+            .flat_map(|i| net.node(i).events.iter())
+            .filter(|(t, e)| *t >= since && pred(e))
+            .count()
+    }
+
+    #[test]
+    fn fifty_nodes_join_via_one_seed_and_converge() {
+        let (net, took) = converged(1);
+        eprintln!(
+            "[sim] 50 nodes joined via one seed: all see 50 alive after {took:?} virtual ({} packets, {} push/pulls)",
+            net.stats.packets, net.stats.push_pulls
+        );
+        // Usually about a second of gossip; a mass join can starve an early broadcast
+        // (retransmit limits are tiny while the cluster is small), and then the first
+        // push/pull round (staggered within PushPullInterval, 30 s) completes the view.
+        assert!(took <= Duration::from_secs(30), "took {took:?}");
+    }
+
+    #[test]
+    fn ten_percent_loss_for_sixty_seconds_declares_nobody_dead() {
+        let (mut net, _) = converged(2);
+        let t0 = net.now();
+        net.set_loss(0.10);
+        net.run_for(Duration::from_secs(60));
+        let died = count_events(&net, t0, |e| {
+            matches!(e, MemberEvent::Died(_) | MemberEvent::Left(_))
+        });
+        let suspected = count_events(&net, t0, |e| matches!(e, MemberEvent::Suspected(_)));
+        let refutations: u32 = (0..N).map(|i| net.node(i).swim.incarnation() - 1).sum();
+        let max_health = (0..N)
+            .map(|i| net.node(i).swim.health_score())
+            .max()
+            .unwrap_or(0);
+        eprintln!(
+            "[sim] 10% loss for 60 s: {died} dead declarations; {refutations} refutations, \
+             {suspected} suspect events seen cluster-wide; {} of {} packets lost; \
+             max health score at the end {max_health}",
+            net.stats.lost, net.stats.packets
+        );
+        assert_eq!(died, 0, "no false positives");
+        assert!(net.stats.lost > 0);
+        for i in 0..N {
+            let members = net.node(i).swim.members();
+            assert_eq!(members.len(), N);
+            assert!(members.iter().all(|m| !m.state.eq(&MemberState::Dead)));
+        }
+    }
+
+    #[test]
+    fn crashed_nodes_are_declared_dead_by_everyone_in_bounded_time() {
+        let (mut net, _) = converged(3);
+        let crashed: Vec<usize> = (0..N).filter(|i| i % 10 == 4).collect();
+        let survivors: Vec<usize> = (0..N).filter(|i| i % 10 != 4).collect();
+        let t0 = net.now();
+        for &c in &crashed {
+            net.crash(c);
+        }
+        let all_dead = |net: &SimNetwork| {
+            survivors.iter().all(|&o| {
+                crashed.iter().all(|&c| {
+                    matches!(
+                        net.state_of(o, &SimNetwork::name(c)),
+                        Some(MemberState::Dead) | None
+                    )
+                })
+            })
+        };
+        let took = net
+            .run_until(Duration::from_secs(60), all_dead)
+            .expect("all crashed nodes detected");
+        let mut detect: Vec<Duration> = Vec::new();
+        for &o in &survivors {
+            for &c in &crashed {
+                let name = SimNetwork::name(c);
+                let died = net
+                    .node(o)
+                    .events
+                    .iter()
+                    .find(|(t, e)| *t >= t0 && *e == MemberEvent::Died(name.clone()));
+                detect.push(
+                    died.map(|(t, _)| *t - t0)
+                        .expect("a Died event per observer"),
+                );
+            }
+        }
+        detect.sort();
+        let min_timeout = suspicion_timeout(4, N, Duration::from_secs(1));
+        // First failed probe (SWIM: e/(e-1) periods on average, geometric tail) + the
+        // probe itself + the suspicion timeout at k confirmations + the dead gossip. Over
+        // 150 crash/observer samples on other seeds the worst was 12.9 s.
+        let bound = min_timeout + Duration::from_secs(8);
+        let avg = detect.iter().sum::<Duration>() / detect.len() as u32;
+        eprintln!(
+            "[sim] crash 5 of 50: every survivor marked all dead after {took:?}; per observer min {:?} \
+             avg {avg:?} max {:?} (suspicion timeout {min_timeout:?}, bound {bound:?})",
+            detect[0],
+            detect[detect.len() - 1]
+        );
+        assert!(detect[detect.len() - 1] <= bound);
+        // Survivors still agree on each other.
+        assert!(net.all_agree(&survivors));
+    }
+
+    #[test]
+    fn partition_of_ten_for_thirty_seconds_heals() {
+        let (mut net, _) = converged(4);
+        let minority: Vec<usize> = (40..N).collect();
+        let all: Vec<usize> = (0..N).collect();
+        net.partition(&minority);
+        net.run_for(Duration::from_secs(30));
+        // The 40 have declared all 10 dead; the 10 (probing 49 targets round-robin at one
+        // per second each) have only declared part of the 40 dead so far.
+        for i in 0..40 {
+            let alive = net.alive_names(i);
+            assert_eq!(alive.len(), 40, "node {i} sees only its side");
+        }
+        let minority_dead = (0..40)
+            .filter(|&i| net.state_of(45, &SimNetwork::name(i)) == Some(MemberState::Dead))
+            .count();
+        eprintln!(
+            "[sim] after 30 s of partition node-45 has declared {minority_dead} of the 40 dead"
+        );
+        assert!(minority_dead > 0);
+        net.heal();
+        let took = net.run_until(Duration::from_secs(120), |net| net.all_agree(&all));
+        let took = took.expect("all 50 agree again after healing");
+        let refuted = (0..N)
+            .filter(|&i| net.node(i).swim.incarnation() > 1)
+            .count();
+        eprintln!(
+            "[sim] partition 10|40 for 30 s: all 50 agree again {took:?} after healing \
+             ({refuted} nodes refuted with a higher incarnation)"
+        );
+        assert!(refuted > 0, "nodes declared dead came back by refutation");
+    }
+
+    #[test]
+    fn user_broadcast_reaches_all_fifty() {
+        let (mut net, _) = converged(5);
+        net.set_relay_user(true);
+        let payload = b"route:/api/v2 -> pool-b".to_vec();
+        net.broadcast_user(7, "route:/api/v2", &payload);
+        let took = net.run_until(Duration::from_secs(30), |net| {
+            (0..N).all(|i| net.node(i).user_seen.contains_key(&payload))
+        });
+        let took = took.expect("user broadcast reaches all 50");
+        eprintln!("[sim] user broadcast from one node reached all 50 after {took:?} virtual");
+        assert!(took <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn restarted_node_rejoins_and_wins_by_incarnation() {
+        let (mut net, _) = converged(6);
+        let victim = 9;
+        let name = SimNetwork::name(victim);
+        let others: Vec<usize> = (0..N).filter(|&i| i != victim).collect();
+        net.crash(victim);
+        let dead = net.run_until(Duration::from_secs(60), |net| {
+            others
+                .iter()
+                .all(|&o| net.state_of(o, &name) == Some(MemberState::Dead))
+        });
+        assert!(dead.is_some());
+        net.restart(victim);
+        assert_eq!(net.node(victim).swim.incarnation(), 1);
+        net.join(victim, 0);
+        let all: Vec<usize> = (0..N).collect();
+        let took = net.run_until(Duration::from_secs(60), |net| net.all_agree(&all));
+        let took = took.expect("restarted node rejoins");
+        let inc = net.node(victim).swim.incarnation();
+        eprintln!(
+            "[sim] restarted node (declared dead first) rejoined: all 50 agree after {took:?}, incarnation {inc}"
+        );
+        assert!(
+            inc > 1,
+            "it refuted the dead claim with a higher incarnation"
+        );
+        for &o in &others {
+            let seen = net
+                .node(o)
+                .swim
+                .members()
+                .into_iter()
+                .find(|m| m.name == name)
+                .map(|m| m.incarnation);
+            assert_eq!(seen, Some(inc));
+        }
+    }
+
+    #[test]
+    fn restart_before_detection_keeps_membership() {
+        let (mut net, _) = converged(7);
+        net.crash(3);
+        net.run_for(Duration::from_millis(300));
+        net.restart(3);
+        net.join(3, 0);
+        let all: Vec<usize> = (0..N).collect();
+        // The fresh process knows only itself until its join push/pull answers.
+        assert_eq!(net.node(3).swim.members().len(), 1);
+        let took = net.run_until(Duration::from_secs(30), |net| net.all_agree(&all));
+        let took = took.expect("the restarted node learns everyone again");
+        eprintln!("[sim] quick restart (before detection): all 50 agree after {took:?}");
+    }
+
+    #[test]
+    fn long_partition_heals_only_through_reconnect() {
+        // 120 s apart: both sides declare the other dead *and reap it* (30 s of gossip to
+        // the dead), so plain memberlist has nobody left to talk to across the cut.
+        let minority: Vec<usize> = (40..N).collect();
+        let all: Vec<usize> = (0..N).collect();
+        let split = |reconnect: bool| {
+            let mut net = SimNetwork::with_config(N, 8, move |c| {
+                if !reconnect {
+                    c.reconnect_interval = Duration::ZERO;
+                }
+            });
+            for i in 1..N {
+                net.join(i, 0);
+            }
+            assert!(
+                net.run_until(Duration::from_secs(60), |net| net.all_agree(&all))
+                    .is_some()
+            );
+            net.partition(&minority);
+            net.run_for(Duration::from_secs(120));
+            assert_eq!(net.node(0).swim.members().len(), 40, "the 10 were reaped");
+            net.heal();
+            net
+        };
+        let mut without = split(false);
+        without.run_for(Duration::from_secs(60));
+        assert_eq!(
+            without.alive_names(0).len(),
+            40,
+            "no reconnect: still split"
+        );
+        assert_eq!(
+            without.alive_names(45).len(),
+            10,
+            "no reconnect: still split"
+        );
+
+        let mut with = split(true);
+        let took = with.run_until(Duration::from_secs(120), |net| net.all_agree(&all));
+        let took = took.expect("reconnect heals a partition both sides reaped");
+        eprintln!(
+            "[sim] partition 10|40 for 120 s (both sides reaped): all 50 agree {took:?} after healing (reconnect)"
+        );
+    }
+
+    #[test]
+    fn graceful_leave_is_seen_as_left() {
+        let (mut net, _) = converged(9);
+        let now = net.now();
+        let outs = net.swim_mut(5).leave(now);
+        net.route(5, outs);
+        let name = SimNetwork::name(5);
+        let others: Vec<usize> = (0..N).filter(|&i| i != 5).collect();
+        let took = net.run_until(Duration::from_secs(10), |net| {
+            others
+                .iter()
+                .all(|&o| net.state_of(o, &name) == Some(MemberState::Left))
+        });
+        let took = took.expect("everyone sees the leave");
+        eprintln!("[sim] graceful leave seen as Left by all 49 after {took:?}");
+        assert_eq!(
+            count_events(&net, net.start, |e| *e == MemberEvent::Died(name.clone())),
+            0
+        );
+    }
+
+    #[test]
+    fn a_broken_link_is_bridged_by_indirect_probes() {
+        // node-0 and node-1 cannot talk to each other at all (both directions), but every
+        // other path works: indirect pings through 3 peers keep them alive for each other.
+        let (mut net, _) = converged(10);
+        net.set_delay(SimDelay::Fixed(Duration::from_millis(2)));
+        net.set_link_loss(0, 1, 1.0);
+        net.set_link_loss(1, 0, 1.0);
+        let t0 = net.now();
+        net.run_for(Duration::from_secs(30));
+        let died = count_events(&net, t0, |e| matches!(e, MemberEvent::Died(_)));
+        let suspected = count_events(&net, t0, |e| matches!(e, MemberEvent::Suspected(_)));
+        eprintln!("[sim] broken link 0<->1 for 30 s: {died} dead, {suspected} suspect events");
+        assert_eq!(died, 0);
+        assert_eq!(
+            net.state_of(0, &SimNetwork::name(1)),
+            Some(MemberState::Alive)
+        );
+        assert_eq!(
+            net.state_of(1, &SimNetwork::name(0)),
+            Some(MemberState::Alive)
+        );
+    }
+}
