@@ -175,19 +175,7 @@ fn start_keyed(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write config");
     let path = path.to_string_lossy().into_owned();
-    let mut process = Process::start(&["--config", &path]);
-    let line = process.wait_for("cluster starting");
-    let start = line.find("gossip=").expect("gossip field") + "gossip=".len();
-    let rest = &line[start..];
-    let gossip: SocketAddr = rest[..rest.find(' ').unwrap_or(rest.len())]
-        .parse()
-        .expect("gossip address");
-    let http = process.listening_addr();
-    Node {
-        process,
-        http,
-        gossip,
-    }
+    node(Process::start(&["--config", &path]))
 }
 
 #[tokio::test]
