@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::messages::{AckResp, Message, MessageType, PushPull};
+use super::replication::Replication;
 use super::swim::{Member, MemberEvent, MemberState, Output, Swim, SwimConfig};
 use super::wire::{self, Keyring, WireError};
 use crate::gateway::Gateway;
@@ -98,7 +99,7 @@ pub async fn start(
         udp: Arc::new(udp),
         keys,
         view: view.clone(),
-        user_state_revision: None,
+        replication: Replication::default(),
     };
     let task = tokio::spawn(looper.run(tcp, seeds));
     Ok((view, task))
@@ -154,8 +155,7 @@ struct Loop {
     udp: Arc<UdpSocket>,
     keys: Keyring,
     view: Arc<ClusterView>,
-    /// Registry revision last put into the push/pull user state.
-    user_state_revision: Option<u64>,
+    replication: Replication,
 }
 
 impl Loop {
@@ -252,23 +252,12 @@ impl Loop {
 
     /// Keeps the push/pull user state (the registry's full state) current.
     fn refresh_user_state(&mut self) {
-        let (revision, state) = {
-            let registry = self.gateway.registry();
-            if Some(registry.revision()) == self.user_state_revision {
-                return;
-            }
-            (registry.revision(), registry.full_state())
-        };
-        self.user_state_revision = Some(revision);
-        self.swim
-            .set_local_user_state(serde_json::to_vec(&state).unwrap_or_default());
+        let registry = self.gateway.registry();
+        self.replication.sync_user_state(&registry, &mut self.swim);
     }
 
     fn broadcast(&mut self, delta: &Delta) {
-        if let Ok(payload) = serde_json::to_vec(delta) {
-            self.swim
-                .broadcast_user(format!("registry:{}", delta.id), payload);
-        }
+        Replication::broadcast(&mut self.swim, delta);
     }
 
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) -> Vec<Output> {
@@ -344,47 +333,34 @@ impl Loop {
     }
 
     fn on_member_event(&mut self, event: MemberEvent) {
-        let now = Instant::now();
-        match event {
-            MemberEvent::Joined(member) => {
-                tracing::info!(node = %member.name, addr = %member.addr, "cluster member joined");
-                // It may hold tombstones for our instances from a time it thought we
-                // were gone: re-announce them with fresh stamps.
-                let again = self.gateway.registry().restamp_own(now);
-                for delta in &again {
-                    self.broadcast(delta);
-                }
+        match &event {
+            MemberEvent::Joined(m) => {
+                tracing::info!(node = %m.name, addr = %m.addr, "cluster member joined")
             }
-            MemberEvent::Updated(member) => {
-                tracing::debug!(node = %member.name, "cluster member updated");
-            }
+            MemberEvent::Updated(m) => tracing::debug!(node = %m.name, "cluster member updated"),
             MemberEvent::Suspected(name) => {
                 tracing::info!(node = %name, "cluster member suspected")
             }
             MemberEvent::Died(name) | MemberEvent::Left(name) => {
-                tracing::warn!(node = %name, "cluster member gone: withdrawing its registrations");
-                let withdrawn = self.gateway.registry().withdraw_owner(&name, now);
-                if withdrawn {
-                    self.gateway.refresh_services();
-                }
+                tracing::warn!(node = %name, "cluster member gone: withdrawing its registrations")
             }
+        }
+        let changed = {
+            let mut registry = self.gateway.registry();
+            Replication::on_event(&mut registry, &mut self.swim, &event, Instant::now())
+        };
+        if changed {
+            self.gateway.refresh_services();
         }
     }
 
-    /// Applies registry deltas and full states received by gossip; newer deltas are
-    /// gossiped on (memberlist hands user messages to the delegate only once).
+    /// Applies registry deltas and full states received by gossip.
     fn deliver_registry_updates(&mut self) {
-        let now = Instant::now();
-        let mut changed = false;
-        for payload in self.swim.take_user_messages() {
-            changed |= self.apply_user_payload(&payload, now);
-        }
-        for state in self.swim.take_remote_user_states() {
-            let Ok(deltas) = serde_json::from_slice::<Vec<Delta>>(&state) else {
-                continue;
-            };
-            changed |= self.gateway.registry().merge(deltas, now);
-        }
+        let changed = {
+            let mut registry = self.gateway.registry();
+            self.replication
+                .receive(&mut registry, &mut self.swim, Instant::now())
+        };
         if changed {
             self.gateway.refresh_services();
         }
@@ -392,17 +368,10 @@ impl Loop {
 }
 
 impl Loop {
-    /// Applies one registry delta from a user message; a newer one is gossiped on.
-    /// Returns whether live instances changed. Payloads that are not ours are ignored.
+    /// Applies one registry delta that came over a TCP stream.
     fn apply_user_payload(&mut self, payload: &[u8], now: Instant) -> bool {
-        let Ok(delta) = serde_json::from_slice::<Delta>(payload) else {
-            return false;
-        };
-        let applied = self.gateway.registry().apply(delta.clone(), now);
-        if applied.is_some() {
-            self.broadcast(&delta);
-        }
-        applied.unwrap_or(false)
+        let mut registry = self.gateway.registry();
+        Replication::apply_payload(&mut registry, &mut self.swim, payload, now)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod driver;
 pub mod messages;
+pub mod replication;
 #[cfg(test)]
 mod sim;
 pub mod swim;

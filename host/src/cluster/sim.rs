@@ -15,7 +15,9 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::messages::{Message, PushPull};
+use super::replication::Replication;
 use super::swim::{MemberEvent, MemberState, Output, Swim, SwimConfig};
+use crate::registry::{Registry, TOMBSTONE_GRACE};
 
 /// How long a packet or a push/pull leg takes to arrive.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +103,12 @@ pub struct SimNode {
     pub events: Vec<(Instant, MemberEvent)>,
     /// User payloads this node has seen (received or originated), with the first time.
     pub user_seen: BTreeMap<Vec<u8>, Instant>,
+    /// The node's service registry, once `enable_registries` was called: replicated
+    /// exactly as the real driver does it (`Replication`).
+    pub registry: Option<Registry>,
+    replication: Replication,
+    /// Events already shown to the registry.
+    events_applied: usize,
 }
 
 /// N `Swim` nodes at 10.0.0.(i+1):7946 on a simulated network.
@@ -162,6 +170,9 @@ impl SimNetwork {
                 generation: 0,
                 events: Vec::new(),
                 user_seen: BTreeMap::new(),
+                registry: None,
+                replication: Replication::default(),
+                events_applied: 0,
             });
         }
         net
@@ -258,10 +269,56 @@ impl SimNetwork {
     pub fn restart(&mut self, i: usize) {
         let generation = self.nodes[i].generation + 1;
         let swim = self.make_swim(i, generation);
+        let start_ms = self.virtual_ms();
         let node = &mut self.nodes[i];
         node.swim = swim;
         node.crashed = false;
         node.generation = generation;
+        // A new process starts with an empty registry, its clock seeded with its start.
+        if node.registry.is_some() {
+            node.registry = Some(Registry::new(Self::name(i), start_ms, TOMBSTONE_GRACE));
+            node.replication = Replication::default();
+            node.events_applied = node.events.len();
+        }
+    }
+
+    /// Milliseconds of virtual time since the start, offset like a wall clock.
+    fn virtual_ms(&self) -> u64 {
+        1_000_000 + (self.now - self.start).as_millis() as u64
+    }
+
+    /// Gives every node a service registry replicated over the simulated gossip.
+    pub fn enable_registries(&mut self) {
+        let start_ms = self.virtual_ms();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            node.registry = Some(Registry::new(Self::name(i), start_ms, TOMBSTONE_GRACE));
+            node.events_applied = node.events.len();
+        }
+    }
+
+    /// Registers `reg` on node `i` (as `POST /api/v1/services/register` there would).
+    pub fn register(&mut self, i: usize, reg: crate::registry::Registration) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        if let Some(registry) = node.registry.as_mut() {
+            let delta = registry.register(reg, now);
+            Replication::broadcast(&mut node.swim, &delta);
+        }
+    }
+
+    /// Live instance ids node `i`'s registry holds.
+    pub fn registry_ids(&self, i: usize) -> BTreeSet<String> {
+        self.nodes[i]
+            .registry
+            .as_ref()
+            .map(|r| {
+                r.services()
+                    .values()
+                    .flatten()
+                    .map(|(reg, _)| reg.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Act as the application layer (the registry) does: re-broadcast every user
@@ -477,6 +534,15 @@ impl SimNetwork {
         let now = self.now;
         let relay = self.relay_user;
         for node in self.nodes.iter_mut().filter(|n| !n.crashed) {
+            if let Some(registry) = node.registry.as_mut() {
+                for (_, event) in &node.events[node.events_applied..] {
+                    Replication::on_event(registry, &mut node.swim, event, now);
+                }
+                node.events_applied = node.events.len();
+                node.replication.receive(registry, &mut node.swim, now);
+                node.replication.sync_user_state(registry, &mut node.swim);
+                continue;
+            }
             let _ = node.swim.take_remote_user_states();
             for payload in node.swim.take_user_messages() {
                 if node.user_seen.contains_key(&payload) {
@@ -811,5 +877,92 @@ mod tests {
             net.state_of(1, &SimNetwork::name(0)),
             Some(MemberState::Alive)
         );
+    }
+
+    fn instance(id: &str) -> crate::registry::Registration {
+        crate::registry::Registration {
+            id: id.to_owned(),
+            service: "svc".to_owned(),
+            address: "10.1.0.1".to_owned(),
+            port: 80,
+            metadata: Default::default(),
+            check: None,
+            ttl_s: None,
+        }
+    }
+
+    fn registries_agree(net: &SimNetwork, nodes: &[usize], expected: &BTreeSet<String>) -> bool {
+        nodes.iter().all(|&i| net.registry_ids(i) == *expected)
+    }
+
+    #[test]
+    fn registries_converge_spread_fast_and_agree_after_a_partition() {
+        let (mut net, _) = converged(11);
+        net.enable_registries();
+        let all: Vec<usize> = (0..N).collect();
+        // Spread: one registration at a time from a different node; time until all 50 hold it.
+        let mut spread = Vec::new();
+        let mut expected = BTreeSet::new();
+        for k in 0..20 {
+            let id = format!("i{k}");
+            net.register((k * 7) % N, instance(&id));
+            expected.insert(id.clone());
+            let took = net
+                .run_until(Duration::from_secs(30), |net| {
+                    (0..N).all(|i| net.registry_ids(i).contains(&id))
+                })
+                .expect("a registration reaches all 50 nodes");
+            spread.push(took);
+        }
+        spread.sort();
+        eprintln!(
+            "[sim] registration visible on all 50 nodes: p50 {:?}, max {:?}",
+            spread[spread.len() / 2],
+            spread[spread.len() - 1]
+        );
+        // Partition 10 away for 30 s; each side registers more meanwhile.
+        let minority: Vec<usize> = (40..N).collect();
+        net.partition(&minority);
+        net.register(3, instance("during-majority"));
+        net.register(45, instance("during-minority"));
+        net.run_for(Duration::from_secs(30));
+        // The majority has declared the 10 dead and withdrawn what they own.
+        let owned_by_minority: Vec<String> = (0..20)
+            .filter(|k| (k * 7) % N >= 40)
+            .map(|k| format!("i{k}"))
+            .collect();
+        assert!(!owned_by_minority.is_empty());
+        for id in &owned_by_minority {
+            assert!(
+                !net.registry_ids(0).contains(id),
+                "{id} withdrawn on the majority side"
+            );
+        }
+        net.heal();
+        expected.insert("during-majority".to_owned());
+        expected.insert("during-minority".to_owned());
+        let took = net
+            .run_until(Duration::from_secs(120), |net| {
+                net.all_agree(&all) && registries_agree(net, &all, &expected)
+            })
+            .expect("all 50 registries agree after healing");
+        eprintln!("[sim] registries of all 50 nodes agree {took:?} after the partition healed");
+
+        // A crashed owner's registrations leave every other registry.
+        net.crash(14);
+        let owned: Vec<String> = (0..20)
+            .filter(|k| (k * 7) % N == 14)
+            .map(|k| format!("i{k}"))
+            .collect();
+        assert!(!owned.is_empty());
+        let others: Vec<usize> = (0..N).filter(|&i| i != 14).collect();
+        let took = net
+            .run_until(Duration::from_secs(60), |net| {
+                others
+                    .iter()
+                    .all(|&i| owned.iter().all(|id| !net.registry_ids(i).contains(id)))
+            })
+            .expect("a crashed node's registrations are withdrawn everywhere");
+        eprintln!("[sim] crashed node's registrations withdrawn on all 49 others after {took:?}");
     }
 }
