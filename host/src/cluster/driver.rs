@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::messages::{AckResp, Message, MessageType, PushPull};
+use super::messages::{AckResp, ErrResp, Message, MessageType, PushPull};
 use super::replication::Replication;
 use super::swim::{Member, MemberEvent, MemberState, Output, Swim, SwimConfig};
 use super::wire::{self, Keyring, WireError};
@@ -494,7 +494,16 @@ async fn serve_stream(
     };
     match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(peer = %from, error = %e, "gossip stream failed"),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %from, error = %e, "gossip stream failed");
+            // As memberlist's handleConn does: tell the peer why (a joining node then
+            // reports the reason, e.g. a decryption failure, rather than a bare EOF).
+            let reply = wire::encode_message(&Message::Err(ErrResp { error: e }));
+            if let Ok(sealed) = wire::seal_stream_reply(reply, &[], &keys) {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(&sealed)).await;
+            }
+        }
         Err(_) => tracing::debug!(peer = %from, "gossip stream timed out"),
     }
 }
