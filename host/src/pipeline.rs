@@ -424,6 +424,11 @@ async fn with_plugins(
         log,
     )
     .await?;
+    // A 101 means the WebSocket tunnel is already up: its upgrade headers must reach
+    // the client as they are, so on-response hooks do not run on it.
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(response);
+    }
     if !chain.has_on_response() {
         return Ok(response);
     }

@@ -524,6 +524,19 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Sends the WebSocket handshake to `/ws` and checks the 101 keeps its upgrade headers.
+async fn open_tunnel(gw: &TestGateway) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(WS_HANDSHAKE.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    stream
+}
+
 async fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
     stream.write_all(message).await.expect("write");
     let mut got = vec![0u8; message.len()];
@@ -544,14 +557,7 @@ async fn websocket_upgrades_are_tunnelled_and_survive_a_reload() {
         )
     };
     let gw = TestGateway::start(&config_with(&[("u", &[up.addr], "")], &routes(""))).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(WS_HANDSHAKE.as_bytes()).await.unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: websocket"),
-        "{head}"
-    );
+    let mut stream = open_tunnel(&gw).await;
     assert_eq!(
         echo(&mut stream, b"hello over the tunnel").await,
         b"hello over the tunnel"
@@ -610,5 +616,22 @@ async fn limiter_state_survives_a_reload_unless_its_settings_change() {
         get(&c, &gw.url("/a"), &[]).await.status,
         200,
         "new settings start fresh"
+    );
+}
+
+#[tokio::test]
+async fn websocket_handshakes_pass_plugins_and_keep_their_upgrade_headers() {
+    let up = Upstream::start("u").await;
+    let rewrite = crate::support::wasm::plugin("header_rewrite");
+    let config = config_with(
+        &[("u", &[up.addr], "")],
+        "[[routes]]\npath = \"/ws\"\nupstream = \"u\"\nwebsocket = true\n\
+         plugins = [{ name = \"header-rewrite\", config = { request = { set = { x-from-plugin = \"1\" } }, response = { set = { x-served-by = \"fluxgate\" } } } }]\n",
+    );
+    let gw = TestGateway::start_with_plugins(&config, &[("header-rewrite", &rewrite)]).await;
+    let mut stream = open_tunnel(&gw).await;
+    assert_eq!(
+        echo(&mut stream, b"through plugins").await,
+        b"through plugins"
     );
 }
