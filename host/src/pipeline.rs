@@ -110,7 +110,7 @@ async fn process(
     }
     if registry::api::PATHS.contains(&req.uri().path()) {
         log.route = Some(gateway.admin_metrics.clone());
-        return registry::api::answer(gateway, snapshot, req, peer.ip).await;
+        return Box::pin(registry::api::answer(gateway, snapshot, req, peer.ip)).await;
     }
     let path = normalise_path(req.uri().path())?.into_owned();
     let (req, form) = read_form_if_needed(snapshot, req.map(GatewayBody::streamed)).await?;
@@ -125,24 +125,48 @@ async fn process(
         }
         log.origin = req.headers().get(header::ORIGIN).cloned();
     }
+    if snapshot.global_plugins.is_empty() && route.plugins.is_empty() {
+        return upstream_phases(gateway, route, req, &path, peer, form.as_deref(), log).await;
+    }
+    // Boxed: the plugin phases' state is large, and keeping it out of this future
+    // keeps every plugin-less request from copying it around.
+    Box::pin(plugin_phases(
+        gateway, snapshot, route, &found, req, path, peer, form, log,
+    ))
+    .await
+}
+
+/// Phases 6 to 12 for a route with plugins: resolves the chain, then runs it around
+/// the upstream phases (or skips it when every entry resolved to nothing).
+#[allow(clippy::too_many_arguments)]
+async fn plugin_phases(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    route: &Route,
+    found: &RouteMatch,
+    req: Request<GatewayBody>,
+    path: String,
+    peer: &Peer,
+    form: Option<Bytes>,
+    log: &mut RequestLog,
+) -> Result<Response<GatewayBody>, GatewayError> {
     let chain = Chain::resolve(
         &gateway.plugins,
         snapshot.global_plugins.iter().chain(&route.plugins),
         snapshot.config.plugins.on_error,
     )
     .await?;
-    if !chain.is_empty() {
-        let max_body = snapshot.config.plugins.max_body_bytes;
-        let ctx = PluginContext {
-            route,
-            found: &found,
-            peer,
-            max_body,
-            form: form.as_deref(),
-        };
-        return with_plugins(gateway, &chain, ctx, req, path, log).await;
+    if chain.is_empty() {
+        return upstream_phases(gateway, route, req, &path, peer, form.as_deref(), log).await;
     }
-    upstream_phases(gateway, route, req, &path, peer, form.as_deref(), log).await
+    let ctx = PluginContext {
+        route,
+        found,
+        peer,
+        max_body: snapshot.config.plugins.max_body_bytes,
+        form: form.as_deref(),
+    };
+    with_plugins(gateway, &chain, ctx, req, path, log).await
 }
 
 /// Phase 5 — CORS preflight, answered before plugins run (an auth plugin would refuse
@@ -175,11 +199,12 @@ async fn upstream_phases(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_rate_limits(gateway, route, &req, form, peer, log)?;
     if route.policies.websocket && websocket::is_upgrade(&req) {
-        return websocket::proxy(gateway, route, req, path, peer, log).await;
+        return Box::pin(websocket::proxy(gateway, route, req, path, peer, log)).await;
     }
     // Phase 9 — forward (see `forward::send`), through the cache when the route has one.
     match &route.policies.cache {
-        Some(cache) => cached(gateway, route, cache, req, path, peer, log).await,
+        // Boxed, like the plugin phases: rare state kept out of the common future.
+        Some(cache) => Box::pin(cached(gateway, route, cache, req, path, peer, log)).await,
         None => {
             let response = forward::send(gateway, route, req, path, peer, log).await?;
             Ok(edit_response(route, response))
