@@ -1,7 +1,7 @@
 //! Target health: active probes (one task per target) and passive outlier ejection.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, header};
@@ -25,6 +25,13 @@ pub struct TargetHealth {
     /// Milliseconds since `base` until which the target is ejected; 0 = not ejected.
     ejected_until_ms: AtomicU64,
     passive: Mutex<Passive>,
+    /// Probe results in a row (passes, failures) and when the last probe ran (ms since
+    /// `base`, plus one; 0 = never). Kept here, not in the probe task, because every snapshot
+    /// rebuild (a reload, a registry change) restarts the tasks: the runs and the
+    /// schedule carry over instead of starting again.
+    probe_passes: AtomicU32,
+    probe_failures: AtomicU32,
+    last_probe_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +49,9 @@ impl Default for TargetHealth {
             active_ok: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
             passive: Mutex::new(Passive::default()),
+            probe_passes: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            last_probe_ms: AtomicU64::new(0),
         }
     }
 }
@@ -101,6 +111,29 @@ impl TargetHealth {
         let until = self.ms_since_base(now + length).max(1);
         self.ejected_until_ms.store(until, Ordering::Relaxed);
         Some(length)
+    }
+
+    /// Counts one probe result; returns the runs of passes and failures so far.
+    fn record_probe(&self, passed: bool, now: Instant) -> (u32, u32) {
+        // Stored plus one, so that 0 keeps meaning "never probed".
+        self.last_probe_ms
+            .store(self.ms_since_base(now) + 1, Ordering::Relaxed);
+        let (bump, reset) = if passed {
+            (&self.probe_passes, &self.probe_failures)
+        } else {
+            (&self.probe_failures, &self.probe_passes)
+        };
+        reset.store(0, Ordering::Relaxed);
+        let run = bump.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if passed { (run, 0) } else { (0, run) }
+    }
+
+    /// When the next probe is due, continuing the schedule of an earlier probe task.
+    fn next_probe(&self, interval: Duration, now: Instant) -> Instant {
+        match self.last_probe_ms.load(Ordering::Relaxed) {
+            0 => now,
+            stored => (self.base + Duration::from_millis(stored - 1) + interval).max(now),
+        }
     }
 
     /// Forgets passive state (outlier detection was turned off).
@@ -166,17 +199,17 @@ async fn probe_loop(
     client: HttpClient,
     metrics: Metrics,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms.max(1)));
+    let interval = Duration::from_millis(spec.interval_ms.max(1));
+    let health = &target.stats.health;
+    let first = health.next_probe(interval, tokio::time::Instant::now());
+    let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         ticker.tick().await;
         let result = probe(&target, &spec, &client).await;
-        let health = &target.stats.health;
+        let (passes, failures) = health.record_probe(result.is_ok(), Instant::now());
         match result {
             Ok(()) => {
-                passes = passes.saturating_add(1);
-                failures = 0;
                 if !health.active_ok() && passes >= spec.healthy_threshold.max(1) {
                     health.set_active(true);
                     tracing::info!(upstream = %target.group, target = %target.url, passes, "target healthy again");
@@ -184,8 +217,6 @@ async fn probe_loop(
                 }
             }
             Err(reason) => {
-                failures = failures.saturating_add(1);
-                passes = 0;
                 if health.active_ok() && failures >= spec.unhealthy_threshold.max(1) {
                     health.set_active(false);
                     tracing::warn!(upstream = %target.group, target = %target.url, failures, reason, "target unhealthy: no traffic until it passes its health checks");
@@ -287,6 +318,29 @@ mod tests {
         assert_eq!(h.record(false, &spec(), t), Some(Duration::from_secs(1)));
         h.clear_ejection();
         assert!(h.is_serving(t));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_runs_and_schedule_survive_a_new_probe_task() {
+        let h = TargetHealth::default();
+        let interval = Duration::from_secs(2);
+        let t0 = Instant::now();
+        assert_eq!(h.next_probe(interval, t0), t0, "never probed: probe now");
+        assert_eq!(h.record_probe(false, t0), (0, 1));
+        assert_eq!(h.record_probe(false, t0), (0, 2));
+        // A task started 500 ms later (a rebuild) continues the run and the schedule.
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(h.next_probe(interval, later), t0 + interval);
+        assert_eq!(h.record_probe(false, later), (0, 3));
+        assert_eq!(
+            h.record_probe(true, later),
+            (1, 0),
+            "a pass ends the failure run"
+        );
+        assert_eq!(
+            h.next_probe(interval, later + Duration::from_secs(10)),
+            later + Duration::from_secs(10)
+        );
     }
 
     #[test]
