@@ -37,8 +37,8 @@ use crate::plugins::{Chain, OnRequest, convert};
 use crate::policy::cache_policy::{self, RequestCacheMode};
 use crate::policy::cors::{Cors, Preflight};
 use crate::policy::rate_limit::Decision;
+use crate::policy::rate_limit_headers;
 use crate::policy::response_cache::{self, Lookup, ResponseCache};
-use crate::policy::{LimitScope, rate_limit_headers};
 use crate::registry;
 use crate::router::RouteMatch;
 use crate::upstream::InFlight;
@@ -245,10 +245,7 @@ fn check_rate_limits(
                 .with_label_values(&[&*route.metrics.label, scope.as_str()])
                 .inc();
             Err(GatewayError::RateLimited {
-                scope: match scope {
-                    LimitScope::Route => "route",
-                    LimitScope::User => "user",
-                },
+                scope: scope.as_str(),
                 retry_after_secs: decision.retry_after_secs(),
             })
         }
@@ -679,11 +676,14 @@ fn match_route(
 
 /// Phase 10 — response edits: hop-by-hop headers removed, the route's response header
 /// edits applied; the body streams on untouched.
-fn edit_response(route: &Route, response: Response<Incoming>) -> Response<GatewayBody> {
+pub(crate) fn edit_response(route: &Route, response: Response<Incoming>) -> Response<GatewayBody> {
     edit_response_streamed(route, response).map(GatewayBody::streamed)
 }
 
-fn edit_response_streamed(route: &Route, response: Response<Incoming>) -> Response<Incoming> {
+pub(crate) fn edit_response_streamed(
+    route: &Route,
+    response: Response<Incoming>,
+) -> Response<Incoming> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     route.response_headers.apply(&mut parts.headers);

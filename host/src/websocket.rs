@@ -11,8 +11,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::forward::{self, Prepared};
 use crate::gateway::{Gateway, Route};
-use crate::headers::strip_hop_by_hop;
-use crate::pipeline::{Peer, RequestLog};
+use crate::pipeline::{self, Peer, RequestLog};
 
 /// Is this an HTTP/1.1 `Upgrade: websocket` request?
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -67,16 +66,11 @@ pub async fn proxy(
     let request = prepared.for_target(route, target, body, true)?;
     let mut response = forward::send_once(gateway, group, target, request, log).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        route.response_headers.apply(&mut parts.headers);
-        return Ok(Response::from_parts(parts, GatewayBody::streamed(body)));
+        return Ok(pipeline::edit_response(route, response));
     }
     let upstream_side = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
-    let accepted = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    route.response_headers.apply(&mut parts.headers);
+    let accepted = response.headers().get(header::UPGRADE).cloned();
+    let (mut parts, _) = pipeline::edit_response_streamed(route, response).into_parts();
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
