@@ -101,6 +101,13 @@ async fn register_anywhere_route_everywhere_and_survive_a_node_crash() {
     let reply = get(&c, &url(&c_node, "/orders/items?x=1"), &[]).await;
     assert_eq!(reply.json()["upstream"], "svc-instance");
     assert_eq!(reply.json()["path"], "/items");
+    // Gossip reaches B on its own schedule: wait for it there too.
+    within(Duration::from_secs(10), "listed on node B", async || {
+        get(&c, &url(&b, "/api/v1/services"), &[]).await.json()["services"]
+            .get("orders")
+            .is_some()
+    })
+    .await;
     let listed = get(&c, &url(&b, "/api/v1/services"), &[]).await.json();
     assert_eq!(
         listed["services"]["orders"][0]["node"],
