@@ -23,7 +23,12 @@
 #                          also available: fg-limits = fluxgate + route and per-user
 #                          token-bucket limits that never refuse)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
-#   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt)
+#   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt);
+#                          fluxgate then writes /tmp/perf-PID.map (FLUXGATE_PERF_MAP) so samples
+#                          inside plugins are named (build plugins with CARGO_PROFILE_RELEASE_STRIP=false
+#                          to see their function names)
+#   BENCH_PERF_CALLGRAPH   perf's --call-graph mode (default dwarf: the release binary has no
+#                          frame pointers, so "fp" only shows leaf functions)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +45,8 @@ FLUXGATE_PORT="${BENCH_FLUXGATE_PORT:-18083}"
 SETUPS="${BENCH_SETUPS:-direct nginx fluxgate fg-rewrite fg-auth-rewrite}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
+PERF_CALLGRAPH="${BENCH_PERF_CALLGRAPH:-dwarf}"
+[[ "$PERF" == 1 ]] && export FLUXGATE_PERF_MAP=1
 FLUXGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/fluxgate-host"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -228,7 +235,7 @@ run_wrk() {
     fi
     if [[ "$PERF" == 1 && -n "$prof_pid" ]]; then
         if command -v perf >/dev/null 2>&1; then
-            perf record -F 999 -g -p "$prof_pid" -o "$OUT/$setup.perf.data" -- sleep "$DURATION" \
+            perf record -F 999 --call-graph "$PERF_CALLGRAPH" -p "$prof_pid" -o "$OUT/$setup.perf.data" -- sleep "$DURATION" \
                 >"$OUT/$setup.perf.log" 2>&1 &
             perf_pid=$!
             PIDS+=("$perf_pid")

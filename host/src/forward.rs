@@ -130,7 +130,9 @@ pub async fn send(
     let (mut body, replay) = match policy {
         Some(policy) => {
             policy.budget.record_request(Instant::now());
-            replayable(&prepared.headers, body, policy).await?
+            // Boxed, as the backoff below: retry-only state stays out of the future
+            // every request carries.
+            Box::pin(replayable(&prepared.headers, body, policy)).await?
         }
         None => (Some(body), None),
     };
@@ -210,7 +212,7 @@ pub async fn send(
         );
         tracing::debug!(upstream = %group.name, attempt, delay_ms = delay.as_millis() as u64, "retrying");
         drop(outcome);
-        tokio::time::sleep(delay).await;
+        Box::pin(tokio::time::sleep(delay)).await;
     }
 }
 

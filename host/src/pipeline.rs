@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -57,6 +58,9 @@ pub type HandleFuture =
 pub struct Peer {
     pub ip: IpAddr,
     pub forwarded_for: HeaderValue,
+    /// Set once a 101 answer turns the connection into a tunnel: its bytes are no
+    /// longer HTTP (the server must not answer a stalled "head" with a 408).
+    pub upgraded: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -67,6 +71,7 @@ impl Peer {
             // An IP address is always a valid header value.
             forwarded_for: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            upgraded: Arc::default(),
         }
     }
 }
@@ -88,6 +93,9 @@ pub async fn handle(
     };
     finish_headers(&snapshot, &mut log, response.headers_mut());
     log.status = response.status().as_u16();
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        peer.upgraded.store(true, Ordering::Relaxed);
+    }
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
@@ -113,7 +121,13 @@ async fn process(
         return Box::pin(registry::api::answer(gateway, snapshot, req, peer.ip)).await;
     }
     let path = normalise_path(req.uri().path())?.into_owned();
-    let (req, form) = read_form_if_needed(snapshot, req.map(GatewayBody::streamed)).await?;
+    let req = req.map(GatewayBody::streamed);
+    let (req, form) = if needs_form(snapshot, &req) {
+        // Boxed: rare, and its state would otherwise be carried by every request.
+        Box::pin(read_form(req)).await?
+    } else {
+        (req, None)
+    };
     let found = match_route(snapshot, &req, &path, form.as_deref(), peer.ip)?;
     let route = &snapshot.routes[found.index];
     log.route = Some(route.metrics.clone());
@@ -615,21 +629,22 @@ fn normalise_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
     Ok(Cow::Owned(format!("/{}", out.join("/"))))
 }
 
-/// Phase 3 — form body (only when some per-user route identifies users by a form field
-/// and the request is a form post): reads at most 64 KiB so the user id can be found;
-/// the bytes read are what gets forwarded.
-async fn read_form_if_needed(
-    snapshot: &Snapshot,
+/// Does a route's user id come from this request's form body (some per-user route
+/// identifies users by a form field, and this is a form post)?
+fn needs_form(snapshot: &Snapshot, req: &Request<GatewayBody>) -> bool {
+    snapshot.reads_forms
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// Phase 3 — form body: reads at most 64 KiB so the user id can be found; the bytes
+/// read are what gets forwarded.
+async fn read_form(
     req: Request<GatewayBody>,
 ) -> Result<(Request<GatewayBody>, Option<Bytes>), GatewayError> {
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form || !snapshot.reads_forms {
-        return Ok((req, None));
-    }
     let (parts, body) = req.into_parts();
     let bytes = Limited::new(body, MAX_FORM_BODY)
         .collect()

@@ -115,27 +115,22 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
         // hyper calls us once a whole head is parsed: from here on this is no longer a
         // slow head.
         self.state.busy.store(true, Ordering::Relaxed);
-        let state = self.state.clone();
         let handled = pipeline::handle(self.gateway.clone(), req, self.peer.clone());
-        Box::pin(async move {
-            let response = handled.await;
-            if let Ok(r) = &response
-                && r.status() == http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                state.upgraded.store(true, Ordering::Relaxed);
-            }
-            response
-        })
+        Box::pin(handled)
     }
 }
 
 type Connection = http1::UpgradeableConnection<TokioIo<TrackedStream>, GatewayService>;
 
-fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Connection {
+fn connection(stream: TcpStream, peer_addr: SocketAddr, gateway: Arc<Gateway>) -> Connection {
     let _ = stream.set_nodelay(true);
     let server = gateway.snapshot().config.server.clone();
     let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
-    let state = Arc::new(ConnState::default());
+    let peer = pipeline::Peer::new(peer_addr);
+    let state = Arc::new(ConnState {
+        busy: AtomicBool::new(false),
+        upgraded: peer.upgraded.clone(),
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -148,7 +143,7 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
         .writev(false);
     let io = TokioIo::new(TrackedStream {
         inner: stream,
-        peer,
+        peer: peer_addr,
         state: state.clone(),
         head_started: false,
         idle_since: Instant::now(),
@@ -159,7 +154,7 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
             io,
             GatewayService {
                 gateway,
-                peer: pipeline::Peer::new(peer),
+                peer,
                 state,
             },
         )
@@ -168,12 +163,12 @@ fn connection(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) -> Con
 }
 
 /// Shared between a connection's socket and its service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ConnState {
     /// A request head was parsed and its response is not written yet.
     busy: AtomicBool,
-    /// The connection became a WebSocket tunnel: its bytes are no longer HTTP.
-    upgraded: AtomicBool,
+    /// The connection became a WebSocket tunnel (`Peer::upgraded`).
+    upgraded: Arc<AtomicBool>,
 }
 
 /// The client socket. It notes when a request head has started arriving, so that when

@@ -16,42 +16,67 @@ enum Change {
 ///
 /// Names are stored lower-case. The recorded changes keep one entry per name (the last
 /// change wins), which matches the host's rule that removals run before sets and a set
-/// replaces every value of its name.
+/// replaces every value of its name. The list as it stands is the original without the
+/// changed names, followed by the names set, in the order they were set; reads compute
+/// it instead of keeping a copy, since a hook call copying every header would cost more
+/// than the few lookups a plugin makes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Headers {
     original: Vec<(String, Vec<u8>)>,
-    current: Vec<(String, Vec<u8>)>,
     changes: Vec<(String, Change)>,
 }
 
 impl Headers {
-    /// Builds the list from name/value pairs (names are lower-cased).
+    /// Builds the list from name/value pairs (names are lower-cased in place; the
+    /// host's are already lower-case).
     pub(crate) fn new(list: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
         let original: Vec<(String, Vec<u8>)> = list
             .into_iter()
-            .map(|(name, value)| (lower(&name), value))
+            .map(|(mut name, value)| {
+                name.make_ascii_lowercase();
+                (name, value)
+            })
             .collect();
         Self {
-            current: original.clone(),
             original,
             changes: Vec::new(),
         }
     }
 
-    /// The first value of `name`, any case.
-    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
-        self.current
+    /// The recorded change to `name` (any case), if any.
+    fn change(&self, name: &str) -> Option<&Change> {
+        self.changes
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, c)| c)
+    }
+
+    /// The first value of `name`, any case.
+    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
+        match self.change(name) {
+            Some(Change::Set(value)) => Some(value),
+            Some(Change::Remove) => None,
+            None => self
+                .original
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice()),
+        }
     }
 
     /// Every value of `name`, any case, in order.
     pub(crate) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.current
-            .iter()
+        let (set, original) = match self.change(name) {
+            Some(Change::Set(value)) => (Some(value.as_slice()), None),
+            Some(Change::Remove) => (None, None),
+            None => (None, Some(&self.original)),
+        };
+        let original = original
+            .into_iter()
+            .flatten()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v.as_slice());
+        set.into_iter().chain(original)
     }
 
     /// The first value of `name` as UTF-8 text, if it is valid UTF-8.
@@ -61,22 +86,26 @@ impl Headers {
 
     /// All headers as (lower-case name, value).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.current.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        let kept = self
+            .original
+            .iter()
+            .filter(|(n, _)| self.change(n).is_none())
+            .map(|(n, v)| (n.as_str(), v.as_slice()));
+        let set = self.changes.iter().filter_map(|(n, c)| match c {
+            Change::Set(v) => Some((n.as_str(), v.as_slice())),
+            Change::Remove => None,
+        });
+        kept.chain(set)
     }
 
     /// Replaces every value of `name` with `value`.
     pub(crate) fn set(&mut self, name: &str, value: &[u8]) {
-        let name = lower(name);
-        self.current.retain(|(n, _)| *n != name);
-        self.current.push((name.clone(), value.to_vec()));
-        self.record(name, Change::Set(value.to_vec()));
+        self.record(lower(name), Change::Set(value.to_vec()));
     }
 
     /// Removes every value of `name`.
     pub(crate) fn remove(&mut self, name: &str) {
-        let name = lower(name);
-        self.current.retain(|(n, _)| *n != name);
-        self.record(name, Change::Remove);
+        self.record(lower(name), Change::Remove);
     }
 
     fn record(&mut self, name: String, change: Change) {
@@ -197,6 +226,28 @@ mod tests {
         let (sets, removes) = h.edits();
         assert_eq!(sets, vec![("b".to_string(), b"x".to_vec())]);
         assert!(removes.is_empty());
+    }
+
+    #[test]
+    fn iteration_shows_kept_headers_then_sets_in_order() {
+        let mut h = headers(&[("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")]);
+        h.set("b", b"x");
+        h.set("New", b"n");
+        h.remove("c");
+        h.set("b", b"y"); // set again: moves after "new"
+        let all: Vec<(&str, &[u8])> = h.iter().collect();
+        assert_eq!(
+            all,
+            vec![
+                ("a", &b"1"[..]),
+                ("a", &b"3"[..]),
+                ("new", &b"n"[..]),
+                ("b", &b"y"[..]),
+            ]
+        );
+        assert_eq!(h.get_all("A").collect::<Vec<_>>(), vec![b"1", b"3"]);
+        assert_eq!(h.get("b"), Some(&b"y"[..]));
+        assert_eq!(h.get("c"), None);
     }
 
     #[test]

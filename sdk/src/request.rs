@@ -11,9 +11,11 @@ use crate::headers::Headers;
 pub struct Request {
     method: String,
     path: String,
-    original_path: String,
+    /// The path before the first `set_path` (kept only then: most hooks never change it).
+    original_path: Option<String>,
     query: Option<String>,
-    original_query: Option<String>,
+    /// The query before the first `set_query`.
+    original_query: Option<Option<String>>,
     headers: Headers,
     client_ip: String,
     route: String,
@@ -87,9 +89,9 @@ impl Request {
         let query = parts.query.filter(|q| !q.is_empty());
         Self {
             method: parts.method,
-            original_path: parts.path.clone(),
+            original_path: None,
             path: parts.path,
-            original_query: query.clone(),
+            original_query: None,
             query,
             headers: Headers::new(parts.headers),
             client_ip: parts.client_ip,
@@ -113,6 +115,9 @@ impl Request {
     /// Replaces the path. A path not starting with '/' gets one put in front.
     pub fn set_path(&mut self, path: impl Into<String>) {
         let path = path.into();
+        if self.original_path.is_none() {
+            self.original_path = Some(self.path.clone());
+        }
         self.path = if path.starts_with('/') {
             path
         } else {
@@ -130,6 +135,9 @@ impl Request {
     pub fn set_query(&mut self, query: impl Into<String>) {
         let query = query.into();
         let query = query.strip_prefix('?').unwrap_or(&query);
+        if self.original_query.is_none() {
+            self.original_query = Some(self.query.clone());
+        }
         self.query = (!query.is_empty()).then(|| query.to_string());
     }
 
@@ -240,9 +248,16 @@ impl Request {
         RequestEdits {
             set_headers,
             remove_headers,
-            path: (self.path != self.original_path).then(|| self.path.clone()),
-            query: (self.query != self.original_query)
-                .then(|| self.query.clone().unwrap_or_default()),
+            path: self
+                .original_path
+                .as_ref()
+                .filter(|original| **original != self.path)
+                .map(|_| self.path.clone()),
+            query: self
+                .original_query
+                .as_ref()
+                .filter(|original| **original != self.query)
+                .map(|_| self.query.clone().unwrap_or_default()),
             body: if self.body_set {
                 self.body.clone()
             } else {

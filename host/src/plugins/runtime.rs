@@ -42,6 +42,11 @@ impl Runtime {
             // Per-plugin limits are enforced by each store's limiter; this is the ceiling.
             .max_memory_size(4096 << 20);
         let mut config = wasmtime::Config::new();
+        // For bench/run.sh's profiles: names plugin code in /tmp/perf-PID.map so `perf`
+        // can attribute samples inside plugins.
+        if std::env::var_os("FLUXGATE_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
