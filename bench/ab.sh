@@ -13,6 +13,7 @@
 #   BENCH_ROUNDS     rounds (default 3)
 #   BENCH_DURATION   measured seconds per run (default 8; each run has a 2 s warm-up)
 #   BENCH_CONNS      wrk connections (default 50)
+#   BENCH_*_PORT     ports, as in bench/run.sh
 #   BENCH_CONFIG     gateway config for both binaries (default: bench/fluxgate.toml.tmpl
 #                    rendered for these ports; a config written by bench/run.sh, e.g.
 #                    bench/out/fg-auth-rewrite.toml, compares plugin chains)
@@ -21,15 +22,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 OUT="$BENCH/out/ab"
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 A="${1:?usage: bench/ab.sh BINARY_A BINARY_B}"
 B="${2:?usage: bench/ab.sh BINARY_A BINARY_B}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 DURATION="${BENCH_DURATION:-8}"
 CONNS="${BENCH_CONNS:-50}"
-UPSTREAM_PORT=18081
-NGINX_PORT=18082
-FLUXGATE_PORT=18083
-API_KEY_HEADER="x-api-key: bench-key"
 
 for bin in "$A" "$B"; do
     [[ -x "$bin" ]] || { echo "ab: $bin is not an executable" >&2; exit 2; }
@@ -44,13 +43,6 @@ cleanup() {
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-
-render() {
-    local tmpl="$1" dest="$2" expr=() kv
-    shift 2
-    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${expr[@]}" "$tmpl" >"$dest"
-}
 
 # wait_port PORT: until something answers HTTP there (at most ~10 s).
 wait_port() {

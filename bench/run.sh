@@ -34,14 +34,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 OUT="$BENCH/out"
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 CONNS="${BENCH_CONNS:-50}"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 REQ_PATH="${BENCH_PATH:-/}"
-UPSTREAM_PORT="${BENCH_UPSTREAM_PORT:-18081}"
-NGINX_PORT="${BENCH_NGINX_PORT:-18082}"
-FLUXGATE_PORT="${BENCH_FLUXGATE_PORT:-18083}"
 SETUPS="${BENCH_SETUPS:-direct nginx fluxgate fg-rewrite fg-auth-rewrite}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
@@ -132,16 +131,6 @@ port_in_use() {
     timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
 }
 
-# render TEMPLATE DEST key=value...
-render() {
-    local tmpl="$1" dest="$2" expr=() kv
-    shift 2
-    for kv in "$@"; do
-        expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${expr[@]}" "$tmpl" >"$dest"
-}
-
 # start NAME CMD...: starts CMD in the background, logging to out/NAME.log; sets STARTED_PID.
 start() {
     local name="$1"
@@ -187,8 +176,6 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-# Every request carries an API key (the api-key-auth setup needs it; others ignore it).
-API_KEY_HEADER="x-api-key: bench-key"
 
 # plugin_quantiles SETUP PORT: p50/p99 of each plugin hook call, from the gateway's own
 # fluxgate_plugin_call_duration_seconds histogram (measured on the request path).

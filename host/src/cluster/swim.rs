@@ -1661,6 +1661,25 @@ mod tests {
         Swim::new(cfg, now)
     }
 
+    /// `s` hears `alive` (incarnation 1) from n2 up to n`last`.
+    fn hear_alive(s: &mut Swim, last: u8, now: Instant) {
+        for i in 2..=last {
+            s.handle_packet(
+                addr(i),
+                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
+                now,
+            );
+        }
+    }
+
+    fn suspect(incarnation: u32, node: &str, from: &str) -> Suspect {
+        Suspect {
+            incarnation,
+            node: node.into(),
+            from: from.into(),
+        }
+    }
+
     fn alive_msg(name: &str, i: u8, inc: u32) -> Alive {
         Alive {
             incarnation: inc,
@@ -1712,11 +1731,7 @@ mod tests {
     fn refutation_bumps_incarnation_past_the_accusation() {
         let now = Instant::now();
         let mut s = node(1, now);
-        let sus = Suspect {
-            incarnation: 1,
-            node: "n1".into(),
-            from: "n2".into(),
-        };
+        let sus = suspect(1, "n1", "n2");
         s.handle_packet(addr(2), vec![Message::Suspect(sus)], now);
         assert_eq!(s.incarnation(), 2);
         assert_eq!(member(&s.members(), "n1").state, MemberState::Alive);
@@ -1733,11 +1748,7 @@ mod tests {
         assert_eq!(member(&s.members(), "n1").state, MemberState::Alive);
 
         // An accusation about an older incarnation is ignored.
-        let old = Suspect {
-            incarnation: 3,
-            node: "n1".into(),
-            from: "n2".into(),
-        };
+        let old = suspect(3, "n1", "n2");
         s.handle_packet(addr(2), vec![Message::Suspect(old)], now);
         assert_eq!(s.incarnation(), 8);
     }
@@ -1785,20 +1796,8 @@ mod tests {
         // Through the state machine: 50 known nodes, k = 2, min 6.792 s, max 40.752 s.
         let now = Instant::now();
         let mut s = node(1, now);
-        for i in 2..=50u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
-        let accuse = |from: &str| {
-            Message::Suspect(Suspect {
-                incarnation: 1,
-                node: "n2".into(),
-                from: from.into(),
-            })
-        };
+        hear_alive(&mut s, 50, now);
+        let accuse = |from: &str| Message::Suspect(suspect(1, "n2", from));
         s.handle_packet(addr(3), vec![accuse("n3")], now);
         let deadline = |s: &Swim| s.suspicions["n2"].deadline - now;
         assert_eq!(deadline(&s), Duration::from_millis(40_752));
@@ -1818,11 +1817,7 @@ mod tests {
     #[test]
     fn newer_broadcast_about_a_node_replaces_the_older() {
         let mut q = TransmitLimitedQueue::default();
-        let sus = Message::Suspect(Suspect {
-            incarnation: 1,
-            node: "m1".into(),
-            from: "x".into(),
-        });
+        let sus = Message::Suspect(suspect(1, "m1", "x"));
         let alive = Message::Alive(alive_msg("m1", 9, 2));
         q.queue("m1".into(), sus);
         q.queue("other".into(), Message::User(b"hello".to_vec()));
@@ -1836,18 +1831,8 @@ mod tests {
         // Same through the state machine: alive (inc 2) replaces our suspect broadcast.
         let now = Instant::now();
         let mut s = node(1, now);
-        for i in 2..=4u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
-        let sus = Suspect {
-            incarnation: 1,
-            node: "n2".into(),
-            from: "n3".into(),
-        };
+        hear_alive(&mut s, 4, now);
+        let sus = suspect(1, "n2", "n3");
         s.handle_packet(addr(3), vec![Message::Suspect(sus)], now);
         assert!(matches!(&queued_about(&s, "n2")[..], [Message::Suspect(_)]));
         s.handle_packet(addr(2), vec![Message::Alive(alive_msg("n2", 2, 2))], now);
@@ -1896,11 +1881,7 @@ mod tests {
         let now = Instant::now();
         let mut s = node(1, now);
         s.handle_packet(addr(2), vec![Message::Alive(alive_msg("n2", 2, 3))], now);
-        let sus = Suspect {
-            incarnation: 3,
-            node: "n2".into(),
-            from: "n3".into(),
-        };
+        let sus = suspect(3, "n2", "n3");
         s.handle_packet(addr(3), vec![Message::Suspect(sus)], now);
         assert_eq!(member(&s.members(), "n2").state, MemberState::Suspect);
 
@@ -1969,11 +1950,7 @@ mod tests {
         let mut s = node(1, now);
         s.handle_packet(addr(2), vec![Message::Alive(alive_msg("n2", 2, 1))], now);
         s.handle_packet(addr(3), vec![Message::Alive(alive_msg("n3", 3, 1))], now);
-        let accuse = Suspect {
-            incarnation: 1,
-            node: "n1".into(),
-            from: "n2".into(),
-        };
+        let accuse = suspect(1, "n1", "n2");
         s.handle_packet(addr(3), vec![Message::Suspect(accuse.clone())], now);
         assert_eq!(s.incarnation(), 2);
         // n2 missed the refutation and accuses incarnation 1 again (relayed by n3).
@@ -1990,18 +1967,8 @@ mod tests {
     fn starting_a_suspicion_nudges_the_suspect() {
         let now = Instant::now();
         let mut s = node(1, now);
-        for i in 2..=5u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
-        let sus = Suspect {
-            incarnation: 1,
-            node: "n2".into(),
-            from: "n3".into(),
-        };
+        hear_alive(&mut s, 5, now);
+        let sus = suspect(1, "n2", "n3");
         let out = s.handle_packet(addr(3), vec![Message::Suspect(sus)], now);
         let nudged = out.iter().any(|o| {
             matches!(o, Output::Packet { to, messages }
@@ -2014,20 +1981,8 @@ mod tests {
     fn suspicion_of_a_newer_incarnation_restarts_the_timer() {
         let now = Instant::now();
         let mut s = node(1, now);
-        for i in 2..=50u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
-        let accuse = |inc: u32, from: &str| {
-            Message::Suspect(Suspect {
-                incarnation: inc,
-                node: "n2".into(),
-                from: from.into(),
-            })
-        };
+        hear_alive(&mut s, 50, now);
+        let accuse = |inc: u32, from: &str| Message::Suspect(suspect(inc, "n2", from));
         s.handle_packet(addr(3), vec![accuse(1, "n3"), accuse(1, "n4")], now);
         assert_eq!(
             s.suspicions["n2"].deadline - now,
@@ -2065,13 +2020,7 @@ mod tests {
     fn failed_probe_goes_indirect_then_suspects() {
         let now = Instant::now();
         let mut s = node(1, now);
-        for i in 2..=5u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
+        hear_alive(&mut s, 5, now);
         // Find the first probe.
         let mut t = now;
         let ping_to = loop {
@@ -2212,13 +2161,7 @@ mod tests {
         let mut cfg = SwimConfig::lan("n1", addr(1));
         cfg.max_members = 5;
         let mut s = Swim::new(cfg, now);
-        for i in 2..=20u8 {
-            s.handle_packet(
-                addr(i),
-                vec![Message::Alive(alive_msg(&format!("n{i}"), i, 1))],
-                now,
-            );
-        }
+        hear_alive(&mut s, 20, now);
         assert_eq!(s.members().len(), 5);
         let mut bad = alive_msg("big", 30, 1);
         bad.meta = vec![0; META_MAX_SIZE + 1];

@@ -325,21 +325,11 @@ impl Enc {
     /// `EncodeInt` (PositiveIntUnsigned=false): 0..=127 fixint, larger positives use the
     /// *signed* int16/int32/int64 markers (never int8), negatives fixneg/int8/16/32/64.
     fn int(&mut self, v: i64) {
-        if v > 127 {
-            if let Ok(v) = i16::try_from(v) {
-                self.marker(Marker::I16);
-                self.out.extend_from_slice(&v.to_be_bytes());
-            } else if let Ok(v) = i32::try_from(v) {
-                self.marker(Marker::I32);
-                self.out.extend_from_slice(&v.to_be_bytes());
-            } else {
-                self.marker(Marker::I64);
-                self.out.extend_from_slice(&v.to_be_bytes());
-            }
-        } else if v >= -32 {
+        if (-32..=127).contains(&v) {
             // Positive and negative fixint share the one-byte two's-complement form.
             self.out.push(v as i8 as u8);
         } else if let Ok(v) = i8::try_from(v) {
+            // Only -128..=-33 get here: positives past 127 never fit int8.
             self.marker(Marker::I8);
             self.out.push(v as u8);
         } else if let Ok(v) = i16::try_from(v) {
