@@ -7,9 +7,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::time::Instant;
 
 use crate::body::GatewayBody;
-use crate::config::validate::RESERVED_PATHS;
 use crate::error::{GatewayError, json_response};
 use crate::gateway::{Gateway, Snapshot};
+use crate::paths::ADMIN_PATHS;
 
 /// Answers a management request, or returns `None` when the path is not one of ours.
 pub fn answer<B>(
@@ -17,7 +17,7 @@ pub fn answer<B>(
     snapshot: &Snapshot,
     req: &Request<B>,
 ) -> Option<Result<Response<GatewayBody>, GatewayError>> {
-    let path = *RESERVED_PATHS.iter().find(|p| **p == req.uri().path())?;
+    let path = *ADMIN_PATHS.iter().find(|p| **p == req.uri().path())?;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Some(Err(GatewayError::MethodNotAllowed {
             path,
@@ -41,7 +41,7 @@ fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
                 serde_json::json!({
                     "name": m.name,
                     "addr": m.addr.to_string(),
-                    "state": crate::cluster::state_name(m.state),
+                    "state": crate::cluster::view::state_name(m.state),
                     "incarnation": m.incarnation,
                 })
             })
@@ -104,7 +104,7 @@ fn upstreams(snapshot: &Snapshot) -> Response<GatewayBody> {
             serde_json::json!({
                 "name": &*group.name,
                 "balancer": group.kind,
-                "health_check": snapshot.config.upstreams.get(&*group.name).is_some_and(|c| c.health_check.is_some()),
+                "health_check": snapshot.plan.upstreams.get(&*group.name).is_some_and(|c| c.config.health_check.is_some()),
                 "targets": targets,
             })
         })

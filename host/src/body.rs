@@ -1,11 +1,13 @@
-//! Body types: one enum for everything the gateway sends (streamed upstream bodies or
-//! its own small answers), and a wrapper that runs a hook when a response body ends.
+//! Body types: one enum for everything the gateway sends (streamed bodies or its own
+//! small answers), the one bounded reader, and a wrapper that runs a hook when a
+//! response body ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
@@ -17,10 +19,58 @@ pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Streamed { #[pin] body: Incoming },
-        /// A streamed body whose first bytes were already read (by the cache, which
-        /// gave up storing it): those bytes, then the rest of the stream.
-        Resumed { head: Option<Bytes>, #[pin] body: Incoming },
+        /// A body whose first bytes were already read (a form read, or a cache fill
+        /// that gave up storing): those bytes, then the rest. Boxed: rare.
+        Prefixed { head: Option<Bytes>, rest: Box<GatewayBody> },
     }
+}
+
+/// What [`read_up_to`] got.
+pub enum Collected {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// The body is longer than the limit: the bytes read so far and the rest.
+    Partial { read: Bytes, rest: GatewayBody },
+}
+
+impl Collected {
+    /// The whole body, or `too_large` when it did not fit.
+    pub fn whole<E>(self, too_large: impl FnOnce() -> E) -> Result<Bytes, E> {
+        match self {
+            Collected::Whole(bytes) => Ok(bytes),
+            Collected::Partial { .. } => Err(too_large()),
+        }
+    }
+
+    /// A body that sends everything again: what was read, then the rest.
+    pub fn into_body(self) -> GatewayBody {
+        match self {
+            Collected::Whole(bytes) => GatewayBody::full(bytes),
+            Collected::Partial { read, rest } => GatewayBody::Prefixed {
+                head: Some(read),
+                rest: Box::new(rest),
+            },
+        }
+    }
+}
+
+/// Reads a body while it fits in `limit` bytes: the one bounded reader (plugin
+/// bodies, forms, retry bodies, the management API, cache fills). Stops at the first
+/// frame past the limit, so at most `limit` plus one frame is held.
+pub async fn read_up_to(mut body: GatewayBody, limit: usize) -> Result<Collected, hyper::Error> {
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                return Ok(Collected::Partial {
+                    read: buffer.freeze(),
+                    rest: body,
+                });
+            }
+        }
+    }
+    Ok(Collected::Whole(buffer.freeze()))
 }
 
 // Written out: pin_project_lite does not pass `#[default]` through to the enum.
@@ -62,9 +112,9 @@ impl Body for GatewayBody {
             GatewayBodyProj::Empty => Poll::Ready(None),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Streamed { body } => body.poll_frame(cx),
-            GatewayBodyProj::Resumed { head, body } => match head.take() {
+            GatewayBodyProj::Prefixed { head, rest } => match head.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => body.poll_frame(cx),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
         }
     }
@@ -74,7 +124,7 @@ impl Body for GatewayBody {
             GatewayBody::Empty => true,
             GatewayBody::Full { data } => data.is_none(),
             GatewayBody::Streamed { body } => body.is_end_stream(),
-            GatewayBody::Resumed { head, body } => head.is_none() && body.is_end_stream(),
+            GatewayBody::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -85,9 +135,9 @@ impl Body for GatewayBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             GatewayBody::Streamed { body } => body.size_hint(),
-            GatewayBody::Resumed { head, body } => {
+            GatewayBody::Prefixed { head, rest } => {
                 let extra = head.as_ref().map_or(0, |h| h.len() as u64);
-                let rest = body.size_hint();
+                let rest = rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower() + extra);
                 if let Some(upper) = rest.upper() {

@@ -34,6 +34,10 @@ pub enum GatewayError {
     ResponseTooLarge { limit: usize },
     #[error("plugin \"{plugin}\" failed ({kind})")]
     Plugin { plugin: String, kind: &'static str },
+    #[error("plugin \"{plugin}\" failed (not_loaded)")]
+    PluginNotLoaded { plugin: String },
+    #[error("request head not received in time")]
+    RequestTimeout,
     #[error("rate limit exceeded ({scope} limit); retry in {retry_after_secs} s")]
     RateLimited {
         scope: &'static str,
@@ -53,15 +57,6 @@ pub enum GatewayError {
     Forbidden(&'static str),
 }
 
-impl From<crate::plugins::PluginFailure> for GatewayError {
-    fn from(f: crate::plugins::PluginFailure) -> Self {
-        GatewayError::Plugin {
-            plugin: f.plugin.to_string(),
-            kind: f.error.kind(),
-        }
-    }
-}
-
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -77,10 +72,9 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::Plugin { kind, .. } if *kind == "not_loaded" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::PluginNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
             GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
@@ -105,7 +99,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
             GatewayError::ResponseTooLarge { .. } => "response_too_large",
-            GatewayError::Plugin { .. } => "plugin_failed",
+            GatewayError::Plugin { .. } | GatewayError::PluginNotLoaded { .. } => "plugin_failed",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::CorsRejected(_) => "cors_rejected",
             GatewayError::InvalidField { .. } => "invalid_field",

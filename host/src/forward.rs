@@ -1,22 +1,32 @@
 //! Phase "forward": the request as the upstream gets it, then per attempt a target
 //! (healthy, breaker closed, not yet tried), one exchange, and the retry decision.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::GatewayBody;
+use crate::body::{self, Collected, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
-use crate::pipeline::{Peer, RequestLog};
+use crate::peer::Peer;
 use crate::policy::retry;
 use crate::upstream::{InFlight, RetryPolicy, Target, UpstreamGroup};
+
+/// What the access log and the request's accounting learn from forwarding: which group
+/// and target answered, and the target's in-flight count, held until the response
+/// body ends so least_connections counts streaming responses.
+#[derive(Debug, Default)]
+pub struct UpstreamRecord {
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
+    pub in_flight: Option<InFlight>,
+}
 
 /// The target-independent part of an upstream request: rewritten path, cleaned and
 /// edited headers. Only the authority and Host differ between attempts.
@@ -120,10 +130,10 @@ pub async fn send(
     req: Request<GatewayBody>,
     path: &str,
     peer: &Peer,
-    log: &mut RequestLog,
+    record: &mut UpstreamRecord,
 ) -> Result<Response<Incoming>, GatewayError> {
     let group = &route.upstream;
-    log.upstream = Some(group.name.clone());
+    record.upstream = Some(group.name.clone());
     let (parts, body) = req.into_parts();
     let mut prepared = prepare(route, parts, path, peer)?;
     let policy = group.retry.as_ref().filter(|r| r.spec.attempts > 1);
@@ -170,8 +180,8 @@ pub async fn send(
             None => body.take().unwrap_or_default(),
         };
         let request = prepared.for_target(route, target, attempt_body, last)?;
-        log.target = Some(target.url.clone());
-        let outcome = send_once(gateway, group, target, request, log).await;
+        record.target = Some(target.url.clone());
+        let outcome = send_once(gateway, group, target, request, record).await;
         let failed = match &outcome {
             Ok(response) => group.is_failure_status(response.status().as_u16()),
             Err(_) => true,
@@ -250,12 +260,15 @@ async fn replayable(
     match (length, chunked) {
         (None | Some(0), false) if body_is_empty(&body) => Ok((None, Some(Bytes::new()))),
         (Some(n), false) if n <= policy.spec.max_body_bytes => {
-            let bytes = Limited::new(body, policy.spec.max_body_bytes)
-                .collect()
+            match body::read_up_to(body, policy.spec.max_body_bytes)
                 .await
                 .map_err(|_| GatewayError::BadRequest("request body could not be read"))?
-                .to_bytes();
-            Ok((None, Some(bytes)))
+            {
+                Collected::Whole(bytes) => Ok((None, Some(bytes))),
+                // Longer than it said (cannot happen with a checked Content-Length):
+                // not replayable, sent once.
+                partial => Ok((Some(partial.into_body()), None)),
+            }
         }
         _ => Ok((Some(body), None)),
     }
@@ -291,13 +304,13 @@ pub async fn send_once(
     group: &UpstreamGroup,
     target: &Target,
     request: Request<GatewayBody>,
-    log: &mut RequestLog,
+    record: &mut UpstreamRecord,
 ) -> Result<Response<Incoming>, GatewayError> {
     let in_flight = InFlight::start(&target.stats);
     let sent = tokio::time::timeout(group.request_timeout, group.client.request(request)).await;
     let failure = match sent {
         Ok(Ok(response)) => {
-            log.in_flight = Some(in_flight);
+            record.in_flight = Some(in_flight);
             return Ok(response);
         }
         Err(_elapsed) => GatewayError::UpstreamTimeout {

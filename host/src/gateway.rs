@@ -1,82 +1,27 @@
 //! The gateway's state: the current config snapshot (swapped atomically on reload) and
-//! what outlives snapshots (connection pools, target counters, metrics).
+//! what outlives snapshots (connection pools, target counters, plugins, the registry,
+//! metrics).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
-use crate::config::{Config, DEFAULT_USER_ID_KEY, PluginRef, PluginsConfig};
+use crate::cluster::view::ClusterView;
+use crate::config::Config;
+use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::plan::Plan;
+use crate::plugins::PluginHost;
 use crate::plugins::registry::{Compiled, LoadError};
-use crate::plugins::{ChainEntry, Limits, PluginHost};
-use crate::policy::health::HealthCheckers;
-use crate::policy::{PolicyBuild, PolicyState, RoutePolicies};
 use crate::registry::store::HeartbeatError;
 use crate::registry::{self, Delta, Registration, Registry};
-use crate::rewrite::{HeaderEdits, PathRewrite};
-use crate::router::{Pattern, RouteSpec, Router};
-use crate::upstream::{UpstreamGroup, UpstreamState};
-use crate::user_id::KeySource;
-
-/// A route as the request path uses it.
-#[derive(Debug)]
-pub struct Route {
-    /// Label in logs and metrics, with the metric handles for it.
-    pub metrics: Arc<RouteMetrics>,
-    pub upstream: Arc<UpstreamGroup>,
-    pub rewrite: PathRewrite,
-    pub request_headers: HeaderEdits,
-    pub response_headers: HeaderEdits,
-    pub preserve_host: bool,
-    pub host_rewrite: Option<HeaderValue>,
-    /// The route's own plugin chain (runs after the global one).
-    pub plugins: Vec<ChainEntry>,
-    /// Rate limits, cache, CORS, WebSocket permission.
-    pub policies: RoutePolicies,
-}
-
-/// One consistent view of the config: a request loads it once and uses it throughout.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub generation: u64,
-    pub config: Config,
-    pub router: Router,
-    /// Indexed by `RouteMatch::index` (config order).
-    pub routes: Vec<Route>,
-    pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
-    /// `[plugins] global`: runs first on every routed request.
-    pub global_plugins: Vec<ChainEntry>,
-    /// Some per-user route or user rate limit reads a form field.
-    pub reads_forms: bool,
-    /// Probes of this snapshot's upstream targets; they stop when the snapshot goes.
-    pub health_checkers: HealthCheckers,
-}
-
-impl Snapshot {
-    /// Every (config, limits) plugin `name` is used with, so a new version can be
-    /// initialised with each before it goes into service.
-    pub fn plugin_uses(&self, name: &str) -> Vec<(Arc<str>, Limits)> {
-        let mut uses: Vec<(Arc<str>, Limits)> = Vec::new();
-        let entries = self
-            .global_plugins
-            .iter()
-            .chain(self.routes.iter().flat_map(|r| r.plugins.iter()));
-        for entry in entries.filter(|e| &*e.name == name) {
-            if !uses
-                .iter()
-                .any(|(c, l)| *c == entry.config_json && *l == entry.limits)
-            {
-                uses.push((entry.config_json.clone(), entry.limits));
-            }
-        }
-        uses
-    }
-}
+use crate::snapshot::{self as build, PolicyState};
+pub use crate::snapshot::{Route, Snapshot};
+use crate::upstream::UpstreamState;
 
 /// Shared by every connection and the reload watcher.
 pub struct Gateway {
@@ -99,17 +44,23 @@ pub struct Gateway {
     /// Where local registry changes go to be gossiped (set when a cluster runs).
     gossip: OnceLock<tokio::sync::mpsc::UnboundedSender<Delta>>,
     /// The cluster's members, when this node gossips.
-    pub cluster: OnceLock<Arc<crate::cluster::ClusterView>>,
+    pub cluster: OnceLock<Arc<ClusterView>>,
 }
 
 impl Gateway {
-    /// Builds a gateway from a validated config.
-    pub fn new(config: Config, local_addr: SocketAddr) -> Arc<Self> {
-        Self::with_node_name(config, local_addr, default_node_name(local_addr))
+    /// Builds a gateway from a compiled config. Its registry and cluster identity is
+    /// `cluster.node_name`, else `hostname:port`.
+    pub fn new(plan: Plan, local_addr: SocketAddr) -> Arc<Self> {
+        let node_name = plan
+            .cluster
+            .as_ref()
+            .and_then(|c| c.node_name.clone())
+            .unwrap_or_else(|| default_node_name(local_addr));
+        Self::with_node_name(plan, local_addr, node_name)
     }
 
     /// Builds a gateway whose registry and cluster identity is `node_name`.
-    pub fn with_node_name(config: Config, local_addr: SocketAddr, node_name: String) -> Arc<Self> {
+    pub fn with_node_name(plan: Plan, local_addr: SocketAddr, node_name: String) -> Arc<Self> {
         let upstream_state = UpstreamState::default();
         let policy_state = PolicyState::default();
         let metrics = Metrics::new();
@@ -117,8 +68,8 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let registry = Registry::new(node_name.clone(), start_ms, registry::TOMBSTONE_GRACE);
-        let snapshot = build_snapshot(
-            config,
+        let snapshot = build::build(
+            Arc::new(plan),
             1,
             &upstream_state,
             &policy_state,
@@ -149,15 +100,15 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a new validated config; requests already running keep their snapshot.
+    /// Swaps in a new compiled config; requests already running keep their snapshot.
     /// Returns the new generation.
-    pub fn apply(&self, config: Config) -> u64 {
-        warn_on_restart_only_changes(&self.snapshot.load().config, &config);
-        self.rebuild(config)
+    pub fn apply(&self, plan: Plan) -> u64 {
+        warn_on_restart_only_changes(self.snapshot.load().config(), &plan.config);
+        self.rebuild(Arc::new(plan))
     }
 
-    /// Builds and swaps in a snapshot of `config` plus the registry's services.
-    fn rebuild(&self, config: Config) -> u64 {
+    /// Builds and swaps in a snapshot of `plan` plus the registry's services.
+    fn rebuild(&self, plan: Arc<Plan>) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let services: BTreeMap<String, Vec<Registration>> = self
             .registry()
@@ -165,8 +116,8 @@ impl Gateway {
             .into_iter()
             .map(|(s, list)| (s, list.into_iter().map(|(r, _)| r.clone()).collect()))
             .collect();
-        let snapshot = build_snapshot(
-            config,
+        let snapshot = build::build(
+            plan,
             generation,
             &self.upstream_state,
             &self.policy_state,
@@ -185,7 +136,7 @@ impl Gateway {
 
     /// Routes to the registry's services as they are now.
     pub fn refresh_services(&self) {
-        self.rebuild(self.snapshot.load().config.clone());
+        self.rebuild(self.snapshot.load().plan.clone());
     }
 
     /// Sends local registry changes to the cluster from now on.
@@ -220,19 +171,15 @@ impl Gateway {
     }
 
     /// Renews an instance's TTL.
-    pub fn heartbeat(&self, id: &str) -> Result<(), crate::error::GatewayError> {
+    pub fn heartbeat(&self, id: &str) -> Result<(), GatewayError> {
         self.registry()
             .heartbeat(id, Instant::now())
             .map_err(|e| match e {
-                HeartbeatError::Unknown => {
-                    crate::error::GatewayError::UnknownInstance(id.to_owned())
-                }
-                HeartbeatError::OwnedElsewhere(node) => {
-                    crate::error::GatewayError::OwnedElsewhere {
-                        id: id.to_owned(),
-                        node,
-                    }
-                }
+                HeartbeatError::Unknown => GatewayError::UnknownInstance(id.to_owned()),
+                HeartbeatError::OwnedElsewhere(node) => GatewayError::OwnedElsewhere {
+                    id: id.to_owned(),
+                    node,
+                },
             })
     }
 
@@ -308,21 +255,6 @@ impl Gateway {
     }
 }
 
-fn chain(refs: &[PluginRef], settings: &PluginsConfig, metrics: &Metrics) -> Vec<ChainEntry> {
-    let limits = Limits {
-        timeout_ms: settings.timeout_ms,
-        memory_bytes: (settings.memory_limit_mb as usize) << 20,
-        max_idle: settings.max_idle_instances,
-    };
-    refs.iter()
-        .map(|r| {
-            // A TOML table always serialises to JSON.
-            let json = serde_json::to_string(&r.config).unwrap_or_else(|_| "{}".to_owned());
-            ChainEntry::new(&r.name, json, limits, metrics.for_plugin(&r.name))
-        })
-        .collect()
-}
-
 fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     if old.plugins.dir != new.plugins.dir {
         tracing::warn!("plugins.dir changed: takes effect after a restart");
@@ -344,80 +276,4 @@ fn default_node_name(local_addr: SocketAddr) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "fluxgate".to_owned());
     format!("{host}:{}", local_addr.port())
-}
-
-fn build_snapshot(
-    config: Config,
-    generation: u64,
-    state: &UpstreamState,
-    policy_state: &PolicyState,
-    metrics: &Metrics,
-    services: &BTreeMap<String, Vec<Registration>>,
-) -> Snapshot {
-    let (service_groups, service_routes) = registry::service_routes(services, &config.routes);
-    let mut all_upstreams = config.upstreams.clone();
-    all_upstreams.extend(service_groups);
-    let built = state.build(&all_upstreams, metrics);
-    let upstreams = built.groups;
-    let mut policies = PolicyBuild::default();
-    let default_keys: Arc<[KeySource]> = Arc::from(vec![
-        KeySource::parse(DEFAULT_USER_ID_KEY).unwrap_or(KeySource::Ip),
-    ]);
-    let mut specs = Vec::new();
-    let mut routes = Vec::new();
-    for route in config.routes.iter().chain(&service_routes) {
-        // Validation guarantees the pattern and upstream; a route failing either is
-        // skipped rather than trusted.
-        let (Ok(pattern), Some(upstream)) =
-            (Pattern::parse(&route.path), upstreams.get(&route.upstream))
-        else {
-            continue;
-        };
-        let keys: Vec<KeySource> = route
-            .user_id_key
-            .iter()
-            .filter_map(|k| KeySource::parse(k).ok())
-            .collect();
-        specs.push(RouteSpec {
-            pattern,
-            methods: route
-                .methods
-                .iter()
-                .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
-                .collect(),
-            users: route.users.clone(),
-            user_id_key: if keys.is_empty() {
-                default_keys.clone()
-            } else {
-                Arc::from(keys)
-            },
-        });
-        let label = route.name.as_deref().unwrap_or(&route.path);
-        routes.push(Route {
-            policies: policy_state.route(label, route, &mut policies),
-            metrics: metrics.for_route(label),
-            upstream: upstream.clone(),
-            rewrite: PathRewrite::from_route(route),
-            request_headers: HeaderEdits::compile(&route.request_headers),
-            response_headers: HeaderEdits::compile(&route.response_headers),
-            preserve_host: route.preserve_host,
-            host_rewrite: route
-                .host_rewrite
-                .as_deref()
-                .and_then(|h| HeaderValue::from_str(h).ok()),
-            plugins: chain(&route.plugins, &config.plugins, metrics),
-        });
-    }
-    policy_state.commit(policies);
-    let router = Router::new(specs);
-    Snapshot {
-        generation,
-        global_plugins: chain(&config.plugins.global, &config.plugins, metrics),
-        reads_forms: router.uses_form_keys() || routes.iter().any(|r| r.policies.reads_form()),
-        health_checkers: built.checkers,
-        router,
-        routes,
-        upstreams,
-        config,
-    }
 }

@@ -1,34 +1,44 @@
 //! FluxGate host: a programmable API gateway.
 //!
-//! Layout (the request path is `pipeline::handle`, read it top to bottom):
-//! - `config`    gateway.toml schema, parsing with key paths, validation
-//! - `gateway`   state: the config snapshot behind ArcSwap + what outlives snapshots
+//! Layout (the request path is `pipeline`: read its `mod.rs` top to bottom). Modules
+//! depend one way: `launch` → `server` → `pipeline` → `forward`/`websocket` →
+//! `upstream` → `policy`; all of them may use the leaves below.
+//! - `launch`    one startup path (binary and tests): listener, gateway, gossip,
+//!   plugin folder, config watcher; `run` serves until shutdown
 //! - `server`    accept loop, HTTP/1.1 limits, slowloris 408, graceful drain
-//! - `pipeline`  the ordered request path: limits → admin → normalise → route → CORS
-//!   preflight → plugins on-request → rate limits → cache → breaker/balancer/forward
-//!   with retries → response edits → plugins on-response → CORS headers
-//! - `cluster`   gossip: memberlist wire codec, SWIM state machine, UDP/TCP driver
-//! - `registry`  service registry: model, replicated store, management API, `/S/*` routes
-//! - `policy`    rate limits, breaker, retries, cache, health checks, CORS (state
+//! - `pipeline`  the ordered request path, one `Exchange` per request: limits → own
+//!   endpoints → normalise → route → CORS preflight → plugins on-request → rate
+//!   limits → cache → forward → response edits → cache store → plugins on-response
+//!   → CORS and RateLimit headers → access log
+//! - `forward`   target pick (health, breaker), send, retries; `websocket` the tunnel
+//! - `gateway`   state: the snapshot behind ArcSwap + what outlives snapshots
+//! - `snapshot`  one config view built from a plan (routes, groups, chains), with
+//!   state carried over by `carry` (keyed by typed values)
+//! - `plan`      the config compiled once: every check yields the typed value built
+//!   from (validate, startup and reload share it)
+//! - `config`    gateway.toml schema and parsing with key paths
+//! - `upstream`  upstream groups, target counters, pooled client, health probes
+//! - `policy`    rate limits, breaker, retries, cache, health verdicts, CORS (state
 //!   machines with time passed in)
 //! - `plugins`   WebAssembly plugins: bindings, engine, instance pools, chains, folder watch
+//! - `cluster`   gossip: memberlist wire codec, SWIM state machine, UDP/TCP driver
+//! - `registry`  service registry: model, replicated store, management API, `/S/*` routes
+//! - `admin`     /api/v1/health, /api/v1/upstreams and /metrics; `paths` the reserved paths
 //! - `router`    path patterns and most-specific-first matching (pure)
 //! - `user_id`   user identification for per-user routes (pure)
 //! - `balancer`  load-balancing algorithms (pure)
-//! - `upstream`  upstream groups, target counters, pooled HTTP client
-//! - `headers`   hop-by-hop removal, X-Forwarded-*
-//! - `rewrite`   path prefix rewrites and header edits
-//! - `admin`     /api/v1/health, /api/v1/upstreams and /metrics
+//! - `headers`   hop-by-hop removal, X-Forwarded-*; `rewrite` path and header edits
+//! - `peer`      the client end of a connection; `sockets` listening sockets
 //! - `metrics`   Prometheus registry
-//! - `body`      body types and the end-of-response hook
+//! - `body`      body types, the one bounded reader, the end-of-response hook
 //! - `error`     GatewayError and its one conversion to a JSON response
-//! - `reload`    config file watcher
-//! - `dir_watch` debounced folder watching (config and plugin folder)
+//! - `reload`    config file watcher; `dir_watch` debounced folder watching
 //! - `telemetry` log setup
 
 pub mod admin;
 pub mod balancer;
 pub mod body;
+pub mod carry;
 pub mod cluster;
 pub mod config;
 pub mod dir_watch;
@@ -36,8 +46,12 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod launch;
 pub mod metrics;
+pub mod paths;
+pub mod peer;
 pub mod pipeline;
+pub mod plan;
 pub mod plugins;
 pub mod policy;
 pub mod registry;
@@ -45,6 +59,8 @@ pub mod reload;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod snapshot;
+pub mod sockets;
 pub mod telemetry;
 pub mod upstream;
 pub mod user_id;
@@ -55,6 +71,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use gateway::Gateway;
+pub use plan::Plan;
 
 /// Runs a gateway on an already-bound listener until `shutdown` completes, then drains.
 /// Tests bind `127.0.0.1:0` and pass the listener in.

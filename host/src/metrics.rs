@@ -12,218 +12,145 @@ const COMMON_STATUSES: [u16; 16] = [
     200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 101,
 ];
 
-/// All metrics the gateway exports.
-#[derive(Clone)]
-pub struct Metrics {
-    registry: Registry,
-    /// Requests answered, by route label and status code.
-    pub requests: IntCounterVec,
-    /// Time from request head to the last byte of the response, by route label.
-    pub request_duration: HistogramVec,
-    /// Failed upstream exchanges, by upstream group and kind (connect, timeout, failed).
-    pub upstream_errors: IntCounterVec,
-    /// Requests currently being handled.
-    pub in_flight: IntGauge,
-    /// Config reload attempts by result (ok, error).
-    pub config_reloads: IntCounterVec,
-    /// Generation number of the config snapshot in force.
-    pub config_generation: IntGauge,
-    /// Plugin hook calls, by plugin and hook.
-    pub plugin_calls: IntCounterVec,
-    /// Plugin failures, by plugin and kind (trap, timeout, memory, init, not_loaded...).
-    pub plugin_errors: IntCounterVec,
-    /// Plugin hook call latency, by plugin and hook.
-    pub plugin_call_duration: HistogramVec,
-    /// The version number of each loaded plugin (0 after it is removed).
-    pub plugin_version: IntGaugeVec,
-    /// Plugin file loads by plugin and result (ok, error).
-    pub plugin_loads: IntCounterVec,
-    /// Requests refused with 429, by route and scope (route, user).
-    pub rate_limited: IntCounterVec,
-    /// Cache lookups by route and result (hit, miss, bypass).
-    pub cache_lookups: IntCounterVec,
-    /// Retries by upstream group and outcome (sent, budget_exhausted).
-    pub retries: IntCounterVec,
-    /// 1 while a target gets traffic (healthy, not ejected), by group and target.
-    pub target_healthy: IntGaugeVec,
-    /// Health transitions by group, target and new state (healthy, unhealthy, ejected).
-    pub health_changes: IntCounterVec,
-    /// Circuit breaker state per target: 0 closed, 1 half-open, 2 open.
-    pub breaker_state: IntGaugeVec,
-    /// Open WebSocket tunnels.
-    pub websockets: IntGauge,
-    /// Gossip bytes by direction (sent, received) and transport (udp, tcp).
-    pub gossip_bytes: IntCounterVec,
+/// Declares every metric once: its field, type, name, help text and labels (or
+/// buckets). The macro writes the struct, the constructor and the registration.
+macro_rules! metrics {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $kind:ident($name:literal $(, buckets = $buckets:expr)? $(, labels = $labels:expr)?),
+    )*) => {
+        /// All metrics the gateway exports.
+        #[derive(Clone)]
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[doc = $doc])* pub $field: $kind,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let registry = Registry::new_custom(Some("fluxgate".to_owned()), None)
+                    .unwrap_or_else(|_| Registry::new());
+                let metrics = Self {
+                    $($field: $kind::declare(
+                        $name,
+                        concat!($($doc),*).trim(),
+                        metrics!(@buckets $($buckets)?),
+                        metrics!(@labels $($labels)?),
+                    ),)*
+                    registry,
+                };
+                $(
+                    if let Err(e) = metrics.registry.register(Box::new(metrics.$field.clone())) {
+                        unreachable!("metric registration: {e}");
+                    }
+                )*
+                metrics
+            }
+        }
+    };
+    (@buckets) => { None };
+    (@buckets $b:expr) => { Some($b) };
+    (@labels) => { &[] };
+    (@labels $l:expr) => { &$l };
+}
+
+/// Builds a metric from its declaration. The names and label sets declared below
+/// are fixed and valid, so construction cannot fail.
+trait Declare: Sized {
+    fn declare(name: &str, help: &str, buckets: Option<Vec<f64>>, labels: &[&str]) -> Self;
+}
+
+macro_rules! declare {
+    ($kind:ty, |$name:ident, $help:ident, $buckets:ident, $labels:ident| $make:expr) => {
+        impl Declare for $kind {
+            fn declare(
+                $name: &str,
+                $help: &str,
+                $buckets: Option<Vec<f64>>,
+                $labels: &[&str],
+            ) -> Self {
+                let _ = (&$buckets, &$labels);
+                ($make).unwrap_or_else(|e| unreachable!("metric {}: {e}", $name))
+            }
+        }
+    };
+}
+
+declare!(IntCounterVec, |name, help, buckets, labels| {
+    IntCounterVec::new(Opts::new(name, help), labels)
+});
+declare!(IntGauge, |name, help, buckets, labels| IntGauge::new(
+    name, help
+));
+declare!(IntGaugeVec, |name, help, buckets, labels| {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+});
+declare!(HistogramVec, |name, help, buckets, labels| {
+    let mut opts = HistogramOpts::new(name, help);
+    if let Some(buckets) = buckets {
+        opts = opts.buckets(buckets);
+    }
+    HistogramVec::new(opts, labels)
+});
+
+metrics! {
+    /// Requests answered, by route and status
+    requests: IntCounterVec("requests_total", labels = ["route", "status"]),
+    /// Request latency from head received to last response byte
+    request_duration: HistogramVec(
+        "request_duration_seconds",
+        buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ],
+        labels = ["route"]
+    ),
+    /// Failed upstream exchanges, by group and kind
+    upstream_errors: IntCounterVec("upstream_errors_total", labels = ["upstream", "kind"]),
+    /// Requests currently being handled
+    in_flight: IntGauge("requests_in_flight"),
+    /// Config reload attempts by result
+    config_reloads: IntCounterVec("config_reloads_total", labels = ["result"]),
+    /// Generation of the config snapshot in force
+    config_generation: IntGauge("config_generation"),
+    /// Plugin hook calls, by plugin and hook
+    plugin_calls: IntCounterVec("plugin_calls_total", labels = ["plugin", "hook"]),
+    /// Plugin failures, by plugin and kind
+    plugin_errors: IntCounterVec("plugin_errors_total", labels = ["plugin", "kind"]),
+    /// Plugin hook call latency
+    plugin_call_duration: HistogramVec(
+        "plugin_call_duration_seconds",
+        buckets = vec![
+            0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+            0.001, 0.005, 0.025, 0.1,
+        ],
+        labels = ["plugin", "hook"]
+    ),
+    /// Version number of each loaded plugin (0 = removed)
+    plugin_version: IntGaugeVec("plugin_version", labels = ["plugin"]),
+    /// Plugin file loads by plugin and result
+    plugin_loads: IntCounterVec("plugin_loads_total", labels = ["plugin", "result"]),
+    /// Requests refused with 429, by route and scope
+    rate_limited: IntCounterVec("rate_limited_total", labels = ["route", "scope"]),
+    /// Response cache lookups by route and result
+    cache_lookups: IntCounterVec("cache_lookups_total", labels = ["route", "result"]),
+    /// Upstream retries by group and outcome
+    retries: IntCounterVec("retries_total", labels = ["upstream", "outcome"]),
+    /// 1 while a target gets traffic (healthy and not ejected)
+    target_healthy: IntGaugeVec("target_healthy", labels = ["upstream", "target"]),
+    /// Target health transitions, by new state
+    health_changes: IntCounterVec(
+        "target_health_changes_total",
+        labels = ["upstream", "target", "state"]
+    ),
+    /// Circuit breaker state per target: 0 closed, 1 half-open, 2 open
+    breaker_state: IntGaugeVec("circuit_breaker_state", labels = ["upstream", "target"]),
+    /// Open WebSocket tunnels
+    websockets: IntGauge("websocket_connections"),
+    /// Gossip bytes by direction and transport
+    gossip_bytes: IntCounterVec("gossip_bytes_total", labels = ["direction", "transport"]),
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("fluxgate".to_owned()), None)
-            .unwrap_or_else(|_| Registry::new());
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests answered, by route and status"),
-            &["route", "status"],
-        );
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Request latency from head received to last response byte",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route"],
-        );
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "upstream_errors_total",
-                "Failed upstream exchanges, by group and kind",
-            ),
-            &["upstream", "kind"],
-        );
-        let in_flight = IntGauge::new("requests_in_flight", "Requests currently being handled");
-        let config_reloads = IntCounterVec::new(
-            Opts::new("config_reloads_total", "Config reload attempts by result"),
-            &["result"],
-        );
-        let config_generation = IntGauge::new(
-            "config_generation",
-            "Generation of the config snapshot in force",
-        );
-        let plugin_calls = IntCounterVec::new(
-            Opts::new(
-                "plugin_calls_total",
-                "Plugin hook calls, by plugin and hook",
-            ),
-            &["plugin", "hook"],
-        );
-        let plugin_errors = IntCounterVec::new(
-            Opts::new("plugin_errors_total", "Plugin failures, by plugin and kind"),
-            &["plugin", "kind"],
-        );
-        let plugin_call_duration = HistogramVec::new(
-            HistogramOpts::new("plugin_call_duration_seconds", "Plugin hook call latency").buckets(
-                vec![
-                    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
-                    0.000_5, 0.001, 0.005, 0.025, 0.1,
-                ],
-            ),
-            &["plugin", "hook"],
-        );
-        let plugin_version = IntGaugeVec::new(
-            Opts::new(
-                "plugin_version",
-                "Version number of each loaded plugin (0 = removed)",
-            ),
-            &["plugin"],
-        );
-        let plugin_loads = IntCounterVec::new(
-            Opts::new(
-                "plugin_loads_total",
-                "Plugin file loads by plugin and result",
-            ),
-            &["plugin", "result"],
-        );
-        let rate_limited = IntCounterVec::new(
-            Opts::new(
-                "rate_limited_total",
-                "Requests refused with 429, by route and scope",
-            ),
-            &["route", "scope"],
-        );
-        let cache_lookups = IntCounterVec::new(
-            Opts::new(
-                "cache_lookups_total",
-                "Response cache lookups by route and result",
-            ),
-            &["route", "result"],
-        );
-        let retries = IntCounterVec::new(
-            Opts::new("retries_total", "Upstream retries by group and outcome"),
-            &["upstream", "outcome"],
-        );
-        let target_healthy = IntGaugeVec::new(
-            Opts::new(
-                "target_healthy",
-                "1 while a target gets traffic (healthy and not ejected)",
-            ),
-            &["upstream", "target"],
-        );
-        let health_changes = IntCounterVec::new(
-            Opts::new(
-                "target_health_changes_total",
-                "Target health transitions, by new state",
-            ),
-            &["upstream", "target", "state"],
-        );
-        let breaker_state = IntGaugeVec::new(
-            Opts::new(
-                "circuit_breaker_state",
-                "Circuit breaker state per target: 0 closed, 1 half-open, 2 open",
-            ),
-            &["upstream", "target"],
-        );
-        let websockets = IntGauge::new("websocket_connections", "Open WebSocket tunnels");
-        let gossip_bytes = IntCounterVec::new(
-            Opts::new(
-                "gossip_bytes_total",
-                "Gossip bytes by direction and transport",
-            ),
-            &["direction", "transport"],
-        );
-        // The names and label sets above are fixed and valid, so construction and
-        // registration cannot fail; unwrap_or_else keeps that out of the panic path.
-        let metrics = Self {
-            requests: requests.unwrap_or_else(|e| unreachable!("{e}")),
-            request_duration: request_duration.unwrap_or_else(|e| unreachable!("{e}")),
-            upstream_errors: upstream_errors.unwrap_or_else(|e| unreachable!("{e}")),
-            in_flight: in_flight.unwrap_or_else(|e| unreachable!("{e}")),
-            config_reloads: config_reloads.unwrap_or_else(|e| unreachable!("{e}")),
-            config_generation: config_generation.unwrap_or_else(|e| unreachable!("{e}")),
-            plugin_calls: plugin_calls.unwrap_or_else(|e| unreachable!("{e}")),
-            plugin_errors: plugin_errors.unwrap_or_else(|e| unreachable!("{e}")),
-            plugin_call_duration: plugin_call_duration.unwrap_or_else(|e| unreachable!("{e}")),
-            plugin_version: plugin_version.unwrap_or_else(|e| unreachable!("{e}")),
-            plugin_loads: plugin_loads.unwrap_or_else(|e| unreachable!("{e}")),
-            rate_limited: rate_limited.unwrap_or_else(|e| unreachable!("{e}")),
-            cache_lookups: cache_lookups.unwrap_or_else(|e| unreachable!("{e}")),
-            retries: retries.unwrap_or_else(|e| unreachable!("{e}")),
-            target_healthy: target_healthy.unwrap_or_else(|e| unreachable!("{e}")),
-            health_changes: health_changes.unwrap_or_else(|e| unreachable!("{e}")),
-            breaker_state: breaker_state.unwrap_or_else(|e| unreachable!("{e}")),
-            websockets: websockets.unwrap_or_else(|e| unreachable!("{e}")),
-            gossip_bytes: gossip_bytes.unwrap_or_else(|e| unreachable!("{e}")),
-            registry,
-        };
-        for collector in [
-            Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(metrics.request_duration.clone()),
-            Box::new(metrics.upstream_errors.clone()),
-            Box::new(metrics.in_flight.clone()),
-            Box::new(metrics.config_reloads.clone()),
-            Box::new(metrics.config_generation.clone()),
-            Box::new(metrics.plugin_calls.clone()),
-            Box::new(metrics.plugin_errors.clone()),
-            Box::new(metrics.plugin_call_duration.clone()),
-            Box::new(metrics.plugin_version.clone()),
-            Box::new(metrics.plugin_loads.clone()),
-            Box::new(metrics.rate_limited.clone()),
-            Box::new(metrics.cache_lookups.clone()),
-            Box::new(metrics.retries.clone()),
-            Box::new(metrics.target_healthy.clone()),
-            Box::new(metrics.health_changes.clone()),
-            Box::new(metrics.breaker_state.clone()),
-            Box::new(metrics.websockets.clone()),
-            Box::new(metrics.gossip_bytes.clone()),
-        ] {
-            if let Err(e) = metrics.registry.register(collector) {
-                unreachable!("metric registration: {e}");
-            }
-        }
-        metrics
-    }
-
     /// Metric handles for one route label, resolved once instead of per request.
     pub fn for_route(&self, label: &str) -> Arc<RouteMetrics> {
         Arc::new(RouteMetrics {

@@ -3,21 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::ConfigError;
 use crate::dir_watch::{self, DirWatch};
 use crate::gateway::Gateway;
+use crate::plan::{self, Overrides};
 
 /// Watches a config file while alive; dropping it stops the watch.
 pub struct ConfigWatcher {
     _watch: DirWatch,
 }
 
-/// Starts watching `path`. `adjust` is applied to every new config before it is used
-/// (command-line overrides such as `--port`).
+/// Starts watching `path`. `overrides` (the command line's `--port` and friends) apply
+/// to every new version of the file, as they did at start.
 pub fn watch(
     path: &Path,
     gateway: Arc<Gateway>,
-    adjust: impl Fn(&mut Config) + Send + 'static,
+    overrides: Overrides,
 ) -> Result<ConfigWatcher, notify::Error> {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let dir = path
@@ -47,10 +48,9 @@ pub fn watch(
             if last_text.as_deref() == Some(text.as_str()) {
                 continue;
             }
-            match config::parse(&text) {
-                Ok(mut config) => {
-                    adjust(&mut config);
-                    let generation = gateway.apply(config);
+            match plan::from_text(&text, Some(&path), &overrides) {
+                Ok(plan) => {
+                    let generation = gateway.apply(plan);
                     gateway
                         .metrics
                         .config_reloads

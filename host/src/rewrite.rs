@@ -2,7 +2,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{HeaderOps, RouteConfig};
+use crate::config::RouteConfig;
 
 /// How a route turns the client's path into the upstream path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,26 +69,9 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    /// Compiles validated ops (entries that fail to parse were already reported by
-    /// validation and are skipped).
-    pub fn compile(ops: &HeaderOps) -> Self {
-        Self {
-            remove: ops
-                .remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .collect(),
-            set: ops
-                .set
-                .iter()
-                .filter_map(|(n, v)| {
-                    Some((
-                        HeaderName::from_bytes(n.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
-                })
-                .collect(),
-        }
+    /// Edits from names and values the config plan has parsed.
+    pub fn new(remove: Vec<HeaderName>, set: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Self { remove, set }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,11 +140,16 @@ mod tests {
 
     #[test]
     fn header_edits_remove_then_set() {
-        let mut ops = HeaderOps::default();
-        ops.set.insert("x-env".into(), "prod".into());
-        ops.remove.push("cookie".into());
-        ops.remove.push("x-env".into());
-        let edits = HeaderEdits::compile(&ops);
+        let edits = HeaderEdits::new(
+            vec![
+                HeaderName::from_static("cookie"),
+                HeaderName::from_static("x-env"),
+            ],
+            vec![(
+                HeaderName::from_static("x-env"),
+                HeaderValue::from_static("prod"),
+            )],
+        );
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("a=1"));
         h.append("x-env", HeaderValue::from_static("dev"));

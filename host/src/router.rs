@@ -167,6 +167,17 @@ pub struct RouteSpec {
     pub user_id_key: Arc<[KeySource]>,
 }
 
+impl RouteSpec {
+    /// A per-user route whose user id may come from a form field.
+    pub fn keys_users_on_form(&self) -> bool {
+        !self.users.is_empty()
+            && self
+                .user_id_key
+                .iter()
+                .any(|k| matches!(k, KeySource::Form(_)))
+    }
+}
+
 /// The result of a successful match: which route, and its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
@@ -180,6 +191,8 @@ pub struct RouteMatch {
 pub struct Router {
     /// (config index, spec), best first.
     ordered: Vec<(usize, RouteSpec)>,
+    /// Some route identifies users by a form field.
+    form_keys: bool,
 }
 
 impl Router {
@@ -197,16 +210,27 @@ impl Router {
                 })
                 .then_with(|| ia.cmp(ib))
         });
-        Self { ordered }
+        let form_keys = ordered.iter().any(|(_, r)| r.keys_users_on_form());
+        Self { ordered, form_keys }
     }
 
     /// True when some route identifies users by a form field (the body must be read).
     pub fn uses_form_keys(&self) -> bool {
+        self.form_keys
+    }
+
+    /// True when a route that `method` and `path` could match identifies users by a
+    /// form field, so a form post's body must be read before the route is decided.
+    pub fn needs_form(&self, method: &Method, path: &str) -> bool {
+        if !self.uses_form_keys() {
+            return false;
+        }
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut params = Vec::new();
         self.ordered.iter().any(|(_, r)| {
-            !r.users.is_empty()
-                && r.user_id_key
-                    .iter()
-                    .any(|k| matches!(k, KeySource::Form(_)))
+            r.keys_users_on_form()
+                && (r.methods.is_empty() || r.methods.contains(method))
+                && r.pattern.matches(&parts, &mut params)
         })
     }
 

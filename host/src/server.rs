@@ -17,29 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::peer::Peer;
 use crate::pipeline;
-
-/// Fixed bytes of the answer to a client that did not finish its request head in time.
-/// hyper closes such connections silently; we say why first.
-const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
-{\"error\":\"request_timeout\",\"message\":\"request head not received in time\",\"status\":408}";
-
-/// A non-blocking TCP listener with SO_REUSEADDR (restart without waiting for
-/// TIME_WAIT) and the given accept backlog.
-pub fn listen_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
-}
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
 /// `server.shutdown_grace_ms` for in-flight requests before returning.
@@ -84,7 +66,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let grace = Duration::from_millis(gateway.snapshot().config.server.shutdown_grace_ms);
+    let grace = Duration::from_millis(gateway.snapshot().config().server.shutdown_grace_ms);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight requests"
@@ -102,7 +84,7 @@ pub async fn serve(
 #[derive(Clone)]
 struct GatewayService {
     gateway: Arc<Gateway>,
-    peer: pipeline::Peer,
+    peer: Peer,
     state: Arc<ConnState>,
 }
 
@@ -124,9 +106,9 @@ type Connection = http1::UpgradeableConnection<TokioIo<TrackedStream>, GatewaySe
 
 fn connection(stream: TcpStream, peer_addr: SocketAddr, gateway: Arc<Gateway>) -> Connection {
     let _ = stream.set_nodelay(true);
-    let server = gateway.snapshot().config.server.clone();
+    let server = gateway.snapshot().config().server.clone();
     let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
-    let peer = pipeline::Peer::new(peer_addr);
+    let peer = Peer::new(peer_addr);
     let state = Arc::new(ConnState {
         busy: AtomicBool::new(false),
         upgraded: peer.upgraded.clone(),
@@ -196,9 +178,44 @@ impl Drop for TrackedStream {
         {
             tracing::info!(peer = %self.peer, "request head not received in time: 408");
             // Best effort on a non-blocking socket: a tiny write into an empty buffer.
-            let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+            let _ = self
+                .inner
+                .try_write(&closing_answer(GatewayError::RequestTimeout));
         }
     }
+}
+
+/// The HTTP/1.1 bytes of an error answer written outside hyper (the connection closes
+/// after it): the response comes from the one error → response conversion, its
+/// Content-Length from the body's real length.
+fn closing_answer(error: GatewayError) -> Vec<u8> {
+    let response = error.into_response();
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        GatewayBody::Full { data } => data.unwrap_or_default(),
+        _ => bytes::Bytes::new(),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "connection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
 }
 
 impl TrackedStream {
@@ -263,5 +280,32 @@ impl AsyncWrite for TrackedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_408_declares_the_length_of_the_body_it_sends() {
+        let bytes = closing_answer(GatewayError::RequestTimeout);
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len(), "{text}");
+        assert!(head.contains("connection: close"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "request_timeout");
+        assert_eq!(json["status"], 408);
     }
 }

@@ -9,9 +9,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::forward::{self, Prepared};
+use crate::forward::{self, Prepared, UpstreamRecord};
 use crate::gateway::{Gateway, Route};
-use crate::pipeline::{self, Peer, RequestLog};
+use crate::peer::Peer;
 
 /// Is this an HTTP/1.1 `Upgrade: websocket` request?
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -27,17 +27,17 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Proxies the handshake and, on 101, starts the tunnel. Any other answer from the
-/// target is returned as an ordinary response.
+/// target is returned as an ordinary response (with the route's response edits).
 pub async fn proxy(
     gateway: &Gateway,
     route: &Route,
     mut req: Request<GatewayBody>,
     path: &str,
     peer: &Peer,
-    log: &mut RequestLog,
+    record: &mut UpstreamRecord,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let group = &route.upstream;
-    log.upstream = Some(group.name.clone());
+    record.upstream = Some(group.name.clone());
     let client_side: OnUpgrade =
         req.extensions_mut()
             .remove::<OnUpgrade>()
@@ -62,15 +62,18 @@ pub async fn proxy(
         });
     };
     let target = &group.targets[index];
-    log.target = Some(target.url.clone());
+    record.target = Some(target.url.clone());
     let request = prepared.for_target(route, target, body, true)?;
-    let mut response = forward::send_once(gateway, group, target, request, log).await?;
+    let mut response = forward::send_once(gateway, group, target, request, record).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(pipeline::edit_response(route, response));
+        let (mut parts, body) = response.into_parts();
+        route.edit_response_headers(&mut parts.headers);
+        return Ok(Response::from_parts(parts, GatewayBody::streamed(body)));
     }
     let upstream_side = hyper::upgrade::on(&mut response);
     let accepted = response.headers().get(header::UPGRADE).cloned();
-    let (mut parts, _) = pipeline::edit_response_streamed(route, response).into_parts();
+    let (mut parts, _) = response.into_parts();
+    route.edit_response_headers(&mut parts.headers);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -79,7 +82,7 @@ pub async fn proxy(
     }
     let gauge = gateway.metrics.websockets.clone();
     let (group_name, target_url) = (group.name.clone(), target.url.clone());
-    let in_flight = log.in_flight.take();
+    let in_flight = record.in_flight.take();
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
             Ok(both) => both,

@@ -171,3 +171,69 @@ async fn a_slow_target_is_a_json_504_at_the_request_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_target_that_never_accepts_is_a_json_504_at_the_connect_timeout() {
+    // A loopback listener with a backlog of 0 that never accepts: once its queue is
+    // full, the kernel drops further SYNs, so a connect neither succeeds nor is refused.
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let silent: std::net::SocketAddr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    let mut full = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(silent),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        full,
+        "the accept queue never filled ({} connected)",
+        queued.len()
+    );
+
+    let config = config_with(
+        &[(
+            "g",
+            &[silent],
+            "connect_timeout_ms = 300\nrequest_timeout_ms = 10000",
+        )],
+        "[[routes]]\npath = \"/*\"\nupstream = \"g\"\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let started = Instant::now();
+    let reply = get(&client(), &gw.url("/x"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "upstream_timeout");
+    // At the 300 ms connect timeout, not at the 10 s request timeout.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    let metrics = get(&client(), &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics
+            .contains("fluxgate_upstream_errors_total{kind=\"upstream_timeout\",upstream=\"g\"} 1"),
+        "{metrics}"
+    );
+    drop(queued);
+}

@@ -23,11 +23,23 @@ pub(crate) struct Process {
 
 impl Process {
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts the binary with extra environment variables (`FLUXGATE_ADMIN_TOKEN` is
+    /// otherwise removed, like `RUST_LOG`, so the test's own environment cannot leak in).
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let cwd = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .current_dir(cwd.path())
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("FLUXGATE_ADMIN_TOKEN");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -61,6 +73,36 @@ impl Process {
             }
         }
         panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n"));
+    }
+
+    /// Every stdout line from now up to and including the first one containing `needle`.
+    pub(crate) fn lines_until(&mut self, needle: &str) -> Vec<String> {
+        let from = self.seen.len();
+        self.wait_for(needle);
+        self.seen[from..].to_vec()
+    }
+
+    /// Sends SIGTERM without waiting for the exit.
+    pub(crate) fn signal_term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit; None if it is still running.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The address from the "fluxgate listening" line.
@@ -152,6 +194,24 @@ async fn runs_a_config_file_with_port_override_and_json_access_log() {
     assert_eq!(log["upstream"], "web");
     assert_eq!(log["status"], 200);
     assert!(log["duration_ms"].as_f64().is_some(), "{line}");
+    // Each field once, under a name of its own: tracing writes its own "target"
+    // ("access"), so the upstream target must not be called that.
+    assert_eq!(log["client"], "127.0.0.1", "{line}");
+    assert_eq!(
+        log["upstream_target"],
+        format!("http://{}", up.addr),
+        "{line}"
+    );
+    assert_eq!(
+        log["bytes"].as_u64(),
+        Some(reply.body.len() as u64),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("\"target\"").count(),
+        1,
+        "one target key only: {line}"
+    );
     let status = tokio::task::spawn_blocking(move || gw.terminate())
         .await
         .unwrap();
@@ -242,4 +302,148 @@ fn a_bad_config_at_startup_exits_nonzero_with_the_problems() {
         stderr.contains("routes[0].upstream: no upstream named \"none\""),
         "{stderr}"
     );
+}
+
+/// Writes `text` to `path` the way an editor saves: a temp file, then a rename.
+fn save(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.web]\ntargets = [{{ url = \"http://{}\" }}]\n\
+             [[routes]]\npath = \"/*\"\nupstream = \"web\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let mut gw = Process::start(&["--config", &config]);
+    let addr = gw.listening_addr();
+    let url = format!("http://{addr}/slow/1500?q=drain");
+    let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    // SIGTERM once the request is on the upstream, i.e. well inside its 1.5 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let termed = Instant::now();
+    // Blocking waits run off the runtime: the upstream answering the request lives on it.
+    let stopping = tokio::task::spawn_blocking(move || {
+        gw.signal_term();
+        gw.wait_for("shutting down: draining in-flight requests");
+        let drained = gw.wait_for("connections drained");
+        let status = gw.wait_exit(Duration::from_secs(12));
+        (drained, status, termed.elapsed())
+    });
+    let reply = in_flight.await.unwrap();
+    let answered = termed.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echo = reply.json();
+    assert_eq!(echo["path"], "/slow/1500", "the full answer: {echo}");
+    assert_eq!(echo["query"], "q=drain", "{echo}");
+    assert_eq!(echo["upstream"], "u", "{echo}");
+    assert!(
+        answered >= Duration::from_millis(500),
+        "the request was in flight at SIGTERM (answered {answered:?} after it)"
+    );
+    let (drained, status, exited) = stopping.await.unwrap();
+    assert!(drained.contains("all connections drained"), "{drained}");
+    let status = status.expect("exited after draining");
+    assert_eq!(status.code(), Some(0));
+    // It exits once the request is done, not at the end of the 10 s grace period.
+    assert!(
+        exited < Duration::from_secs(6),
+        "exited {exited:?} after SIGTERM"
+    );
+}
+
+#[test]
+fn a_rejected_reload_is_logged_with_the_problems_validate_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let good = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.users]\ntargets = [{ url = \"http://127.0.0.1:9\" }]\n\
+                [[routes]]\npath = \"/a\"\nupstream = \"users\"\n";
+    std::fs::write(&path, good).unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let mut gw = Process::start(&["--config", &config, "--log-format", "json"]);
+    gw.listening_addr();
+    save(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nlistn = \"x\"\n[upstreams.users]\ntargets = [{ url = \"http://127.0.0.1:9\" }]\n\
+         [[routes]]\npath = \"/a\"\nupstream = \"users\"\n\
+         [[routes]]\npath = \"/c\"\nupstream = \"userz\"\n\
+         [[routes]]\npath = \"d\"\nupstream = \"users\"\n",
+    );
+    let lines = gw.lines_until("keeping the previous config");
+    let prefix = "config reload rejected: ";
+    let logged: Vec<String> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|log| {
+            log["message"]
+                .as_str()
+                .and_then(|m| m.strip_prefix(prefix))
+                .map(str::to_owned)
+        })
+        .collect();
+
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut printed = stderr.lines();
+    let header = printed.next().unwrap_or("");
+    let printed: Vec<String> = printed.map(str::to_owned).collect();
+    assert!(
+        header.ends_with(&format!("{} problem(s)", printed.len())),
+        "{stderr}"
+    );
+    assert_eq!(printed.len(), 3, "{stderr}");
+    assert_eq!(
+        logged,
+        printed,
+        "reload log lines:\n{}\nvalidate:\n{stderr}",
+        lines.join("\n")
+    );
+    let status = gw.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_reload_that_keeps_plugins_dir_does_not_warn_about_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // An absolute path, as a service manager would pass it.
+    let path = std::path::absolute(dir.path().join("gateway.toml")).unwrap();
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let mut gw = Process::start(&["--config", &config]);
+    gw.listening_addr();
+    // An edit that leaves [plugins] alone.
+    save(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n",
+    );
+    let lines = gw.lines_until("config reloaded");
+    assert!(
+        !lines.iter().any(|l| l.contains("plugins.dir changed")),
+        "plugins.dir did not change:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(gw.terminate().code(), Some(0));
 }

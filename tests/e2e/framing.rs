@@ -2,13 +2,15 @@
 //! clients are cut off with 408, oversized heads get 414/431.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::upstream::Upstream;
-use crate::support::{TestGateway, client, config_with, get, raw_exchange, read_until_close};
+use crate::support::{
+    ReadEnd, TestGateway, client, config_with, get, raw_exchange, read_to_close, read_until_close,
+};
 
 async fn gateway(server: &str) -> (Upstream, TestGateway) {
     let up = Upstream::start("u").await;
@@ -97,11 +99,63 @@ async fn slow_clients_get_408_while_others_are_served() {
     let response = read_until_close(&mut slow, Duration::from_secs(3)).await;
     assert!(status_line(&response).contains(" 408 "), "{response:?}");
     assert!(response.contains("request_timeout"), "{response}");
+}
 
-    // An idle keep-alive connection is closed quietly, not answered with a 408.
-    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
-    let quiet = read_until_close(&mut idle, Duration::from_secs(3)).await;
-    assert_eq!(quiet, "");
+/// Asserts that `conn` gets no bytes and is closed by the gateway about one header
+/// timeout (300 ms) after `idle_since`: not at once, and not never.
+async fn assert_closed_quietly(conn: &mut TcpStream, idle_since: Instant, what: &str) {
+    let (received, end) = read_to_close(conn, Duration::from_secs(4)).await;
+    assert!(
+        matches!(end, ReadEnd::Closed(_)),
+        "{what}: the gateway never closed the idle connection (still open after 4 s; got {received:?})"
+    );
+    assert_eq!(received, "", "{what}: closed quietly, without a 408");
+    let idle_for = idle_since.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(250) && idle_for <= Duration::from_millis(2500),
+        "{what}: closed after {idle_for:?} idle, expected about the 300 ms header timeout"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_quietly_after_the_header_timeout() {
+    let (_up, gw) = gateway("header_read_timeout_ms = 300").await;
+    // A connection that never sends a byte.
+    let mut fresh = TcpStream::connect(gw.addr).await.unwrap();
+    let connected = Instant::now();
+    assert_closed_quietly(&mut fresh, connected, "fresh connection").await;
+
+    // A keep-alive connection after one complete exchange.
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_echo(&mut conn).await;
+    let answered = Instant::now();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "the first answer keeps the connection open: {first}"
+    );
+    assert_closed_quietly(&mut conn, answered, "keep-alive connection").await;
+}
+
+/// Reads one complete JSON echo response from upstream "u" off `conn`.
+async fn read_echo(conn: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"upstream\":\"u\"") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(conn, &mut buf),
+        )
+        .await
+        .expect("response in time")
+        .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test]
@@ -150,4 +204,33 @@ async fn long_targets_and_big_header_sections_are_refused() {
     let response = raw_exchange(gw.addr, many.as_bytes(), Duration::from_secs(2)).await;
     assert!(status_line(&response).contains(" 431 "), "{response}");
     assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_408_answer_declares_exactly_the_body_it_sends() {
+    let (_up, gw) = gateway("header_read_timeout_ms = 300").await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let response = read_until_close(&mut slow, Duration::from_secs(3)).await;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {response:?}"));
+    assert!(status_line(head).contains(" 408 "), "{response:?}");
+    let declared: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // A strict client reads exactly `declared` bytes: they must all come, and be all.
+    assert_eq!(declared, body.len(), "{response:?}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"], "request_timeout");
 }

@@ -2,17 +2,20 @@
 //! compiled to wasm32-wasip2 by the test run and loaded by the real host.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use http::Request;
+use http_body_util::Full;
 use sha2::Sha256;
 
 use crate::support::upstream::Upstream;
 use crate::support::wasm::plugin;
-use crate::support::{PATIENCE, Reply, TestGateway, client, get};
+use crate::support::{ChannelBody, PATIENCE, Reply, TestGateway, client, get, send};
 
 /// A gateway with one upstream, `[plugins]` settings and one route `/*` whose chain is
 /// `route_plugins` (TOML array body), with the given plugin files in its folder. Unless a
@@ -427,58 +430,111 @@ async fn plugins_are_added_replaced_and_removed_without_a_restart() {
     }
 }
 
+/// One request of the hot-swap test: the tags its two hooks set, its upstream request
+/// number and how many upstream requests had arrived when the upstream answered it.
+struct Traced {
+    request_tag: Option<String>,
+    response_tag: Option<String>,
+    n: u64,
+    arrived_by_answer: u64,
+}
+
 #[tokio::test]
 async fn a_hot_swap_under_load_fails_nothing_and_never_mixes_versions() {
     let up = Upstream::start("u").await;
     let gw = Arc::new(gateway(&up, "", "\"tagger\"", &[("tagger", "tagger_a")]).await);
-    let failures = Arc::new(AtomicUsize::new(0));
-    let seen_b = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..6)
-        .map(|_| {
-            let (gw, failures, seen_b) = (gw.clone(), failures.clone(), seen_b.clone());
+    // Each worker's upstream answer takes a different time, so the workers do not run in
+    // lockstep: whenever the swap lands, requests are waiting on the upstream between
+    // their on-request and on-response hooks.
+    let workers: Vec<_> = (0..6u64)
+        .map(|i| {
+            let gw = gw.clone();
             tokio::spawn(async move {
                 let c = client();
+                let url = gw.url(&format!("/slow/{}", 120 + 45 * i));
                 let deadline = Instant::now() + PATIENCE;
+                let mut traced = Vec::new();
                 let mut b_here = 0;
-                // Until this worker has seen the new version 20 times (bounded in time).
-                while b_here < 20 && Instant::now() < deadline {
-                    let reply = get(&c, &gw.url("/x"), &[]).await;
+                // Until this worker has seen the new version 5 times (bounded in time).
+                while b_here < 5 && Instant::now() < deadline {
+                    let reply = get(&c, &url, &[]).await;
                     let response_tag = reply
                         .headers
                         .get("x-tagger")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    let request_tag = if reply.status == 200 {
-                        upstream_header(&reply, "x-tagger")
+                    let (request_tag, n, arrived_by_answer) = if reply.status == 200 {
+                        let echo = reply.json();
+                        (
+                            upstream_header(&reply, "x-tagger"),
+                            echo["n"].as_u64().unwrap_or(0),
+                            echo["arrived_by_answer"].as_u64().unwrap_or(0),
+                        )
                     } else {
-                        None
+                        (None, 0, 0)
                     };
-                    // Both hooks of one request must come from the same version.
-                    match (response_tag.as_deref(), request_tag.as_deref()) {
-                        (Some("a"), Some("a")) => {}
-                        (Some("b"), Some("b")) => {
-                            seen_b.fetch_add(1, Ordering::SeqCst);
-                            b_here += 1;
-                        }
-                        _ => {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
+                    b_here += usize::from(response_tag.as_deref() == Some("b"));
+                    traced.push(Traced {
+                        request_tag,
+                        response_tag,
+                        n,
+                        arrived_by_answer,
+                    });
                 }
+                traced
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    install(&gw.plugin_dir, "tagger", &plugin("tagger_b"));
-    for w in workers {
-        w.await.unwrap();
+    // Swap once every worker has a request on the upstream.
+    let started = Instant::now();
+    while up.requests.load(Ordering::SeqCst) < 12 {
+        assert!(started.elapsed() < PATIENCE, "load never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(failures.load(Ordering::SeqCst), 0);
-    assert_eq!(
-        seen_b.load(Ordering::SeqCst),
-        6 * 20,
-        "every worker saw the new version"
+    install(&gw.plugin_dir, "tagger", &plugin("tagger_b"));
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    // Both hooks of one request must come from the same version.
+    let mixed: Vec<_> = all
+        .iter()
+        .filter(|t| {
+            !matches!(
+                (t.request_tag.as_deref(), t.response_tag.as_deref()),
+                (Some("a"), Some("a")) | (Some("b"), Some("b"))
+            )
+        })
+        .map(|t| (t.request_tag.clone(), t.response_tag.clone()))
+        .collect();
+    assert!(
+        mixed.is_empty(),
+        "failed or mixed requests (request tag, response tag): {mixed:?}"
     );
+    let seen_b = all
+        .iter()
+        .filter(|t| t.response_tag.as_deref() == Some("b"))
+        .count();
+    assert_eq!(seen_b, 6 * 5, "every worker saw the new version");
+    // A request spanned the swap when a request that got the new version reached the
+    // upstream before the upstream answered it with the old one: the swap came before
+    // the first one's on-request, so after the second one's on-request and before its
+    // on-response.
+    let first_b = all
+        .iter()
+        .filter(|t| t.request_tag.as_deref() == Some("b"))
+        .map(|t| t.n)
+        .min()
+        .expect("a request with the new version");
+    let spanning = all
+        .iter()
+        .filter(|t| t.request_tag.as_deref() == Some("a") && t.arrived_by_answer >= first_b)
+        .count();
+    assert!(
+        spanning > 0,
+        "no request was between its two hooks when the swap landed"
+    );
+    eprintln!("{spanning} requests spanned the swap");
 }
 
 #[tokio::test]
@@ -500,4 +556,100 @@ async fn the_walkthrough_plugin_works_as_the_examples_readme_says() {
     assert_eq!(up.requests.load(Ordering::SeqCst), 0);
     let proxied = get(&c, &gw.url("/"), &[]).await;
     assert_eq!(proxied.headers["x-hello"], "hello from wasm (v1)");
+}
+
+#[tokio::test]
+async fn a_body_over_plugins_max_body_bytes_is_413_for_a_plugin_that_asks_for_it() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "max_body_bytes = 1024",
+        "\"body-size\"",
+        &[("body-size", "body_size")],
+    )
+    .await;
+    let c = client();
+    let post = |size: usize| {
+        Request::post(gw.url("/upload-echo"))
+            .body(Full::new(Bytes::from(vec![b'x'; size])))
+            .unwrap()
+    };
+    // Up to the limit: the plugin sees the whole body, the upstream gets it too.
+    let fits = send(&c, post(1024)).await;
+    assert_eq!(fits.status, 200, "{}", fits.text());
+    assert_eq!(
+        upstream_header(&fits, "x-body-size").as_deref(),
+        Some("1024")
+    );
+    assert_eq!(fits.json()["body"].as_str().map(str::len), Some(1024));
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+    // One byte more, announced by Content-Length: refused with 413.
+    let over = send(&c, post(1025)).await;
+    assert_eq!(over.status, 413, "{}", over.text());
+    assert_eq!(over.json()["error"], "body_too_large");
+    // The same without a Content-Length (chunked, in pieces).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let chunked = Request::post(gw.url("/upload-echo"))
+        .body(ChannelBody(rx))
+        .unwrap();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..4 {
+            if tx.send(Bytes::from(vec![b'y'; 400])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let chunked_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<ChannelBody>();
+    let response = tokio::time::timeout(PATIENCE, chunked_client.request(chunked))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    assert_eq!(response.status(), 413);
+    feeder.abort();
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        1,
+        "refused bodies never reach the upstream"
+    );
+    // Nor the plugin: it never sees a cut-off body.
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics
+            .contains("fluxgate_plugin_calls_total{hook=\"on_request\",plugin=\"body-size\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn on_response_hooks_run_on_cache_hits() {
+    let up = Upstream::start("u").await;
+    let config = format!(
+        "[plugins]\ntimeout_ms = 1000\n[upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n\
+         [[routes]]\npath = \"/*\"\nupstream = \"u\"\ncache = {{ ttl_ms = 60000 }}\nplugins = [\"tagger\"]\n",
+        up.addr
+    );
+    let tagger = plugin("tagger_a");
+    let gw = TestGateway::start_with_plugins(&config, &[("tagger", &tagger)]).await;
+    let c = client();
+    let miss = get(&c, &gw.url("/cached"), &[]).await;
+    assert_eq!(miss.headers["x-cache"], "MISS");
+    assert_eq!(miss.headers["x-tagger"], "a");
+    let hit = get(&c, &gw.url("/cached"), &[]).await;
+    assert_eq!(hit.headers["x-cache"], "HIT");
+    assert_eq!(hit.json()["n"], miss.json()["n"], "the stored answer");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+    // The stored copy is taken before on-response hooks run, so the tag on the hit is
+    // the hook's work on the hit itself; the call count says so too.
+    assert_eq!(
+        hit.headers.get("x-tagger").map(|v| v.to_str().unwrap()),
+        Some("a"),
+        "the plugin's on-response header on the cached answer"
+    );
+    let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("fluxgate_plugin_calls_total{hook=\"on_response\",plugin=\"tagger\"} 2\n"),
+        "{metrics}"
+    );
 }

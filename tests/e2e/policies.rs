@@ -266,12 +266,19 @@ async fn an_exhausted_retry_budget_stops_retries() {
     for _ in 0..20 {
         assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 503);
     }
-    // 20 requests at ratio 0.2 allow at most 4 retries, whatever attempts says.
+    // 20 requests at ratio 0.2 (no floor) allow exactly 4 retries, one each after the
+    // 5th, 10th, 15th and 20th request; without a budget, attempts = 3 would have sent
+    // 60, and without retries 20. Every request's last retry was refused by the budget.
     let sent = down.requests.load(Ordering::SeqCst);
-    assert!((20..=24).contains(&sent), "{sent} upstream requests");
+    assert_eq!(sent, 24, "20 requests + 4 retries reached the upstream");
     let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
     assert!(
-        metrics.contains("fluxgate_retries_total{outcome=\"budget_exhausted\",upstream=\"g\"}"),
+        metrics.contains("fluxgate_retries_total{outcome=\"sent\",upstream=\"g\"} 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("fluxgate_retries_total{outcome=\"budget_exhausted\",upstream=\"g\"} 20\n"),
         "{metrics}"
     );
 }
@@ -622,16 +629,61 @@ async fn limiter_state_survives_a_reload_unless_its_settings_change() {
 #[tokio::test]
 async fn websocket_handshakes_pass_plugins_and_keep_their_upgrade_headers() {
     let up = Upstream::start("u").await;
+    let auth = crate::support::wasm::plugin("api_key_auth");
     let rewrite = crate::support::wasm::plugin("header_rewrite");
     let config = config_with(
         &[("u", &[up.addr], "")],
-        "[[routes]]\npath = \"/ws\"\nupstream = \"u\"\nwebsocket = true\n\
-         plugins = [{ name = \"header-rewrite\", config = { request = { set = { x-from-plugin = \"1\" } }, response = { set = { x-served-by = \"fluxgate\" } } } }]\n",
+        "[plugins]\ntimeout_ms = 1000\n\
+         [[routes]]\npath = \"/ws\"\nupstream = \"u\"\nwebsocket = true\n\
+         plugins = [{ name = \"api-key-auth\", config = { keys = { \"k-alice\" = \"alice\" } } }, \
+         { name = \"header-rewrite\", config = { response = { set = { x-served-by = \"fluxgate\" } } } }]\n",
     );
-    let gw = TestGateway::start_with_plugins(&config, &[("header-rewrite", &rewrite)]).await;
-    let mut stream = open_tunnel(&gw).await;
+    let gw = TestGateway::start_with_plugins(
+        &config,
+        &[("api-key-auth", &auth), ("header-rewrite", &rewrite)],
+    )
+    .await;
+    // Without the key, or with a wrong one, the auth plugin refuses the handshake before
+    // it reaches the upstream.
+    for key in [None, Some("wrong")] {
+        let mut request = WS_HANDSHAKE.to_owned();
+        if let Some(key) = key {
+            request = request.replacen("\r\n\r\n", &format!("\r\nX-Api-Key: {key}\r\n\r\n"), 1);
+        }
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 401"), "key {key:?}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("upgrade: websocket"),
+            "{head}"
+        );
+    }
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        0,
+        "refused handshakes stay in the gateway"
+    );
+    // With the key: the handshake reaches the upstream with the plugin's edits, the 101
+    // keeps its upgrade headers, and the tunnel echoes.
+    let request = WS_HANDSHAKE.replacen("\r\n\r\n", "\r\nX-Api-Key: k-alice\r\n\r\n", 1);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(
+        lower.contains("x-upstream-saw-consumer: alice"),
+        "the upstream got the handshake as the auth plugin left it: {head}"
+    );
+    assert!(
+        !lower.contains("x-served-by"),
+        "on-response hooks do not run on the 101: {head}"
+    );
     assert_eq!(
         echo(&mut stream, b"through plugins").await,
         b"through plugins"
     );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
 }

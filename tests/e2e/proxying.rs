@@ -234,3 +234,49 @@ async fn metrics_count_requests_by_route_and_status_with_latency() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn requests_abandoned_by_their_clients_are_accounted_exactly_once() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&config_with(&[("g", &[up.addr], "")], &route(""))).await;
+    let metrics = &gw.gateway.metrics;
+    assert_eq!(metrics.in_flight.get(), 0);
+    // Five clients send a request the upstream takes a while over, then go away
+    // before the answer.
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!("GET /slow/3000/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes())
+            .await
+            .unwrap();
+        clients.push(conn);
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metrics.in_flight.get() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(clients);
+    // Each abandoned request ends its accounting once: the gauge comes back to zero
+    // (not below), and each is counted once, as the client-closed 499.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metrics.in_flight.get() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight stuck at {}",
+            metrics.in_flight.get()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metrics.in_flight.get(), 0);
+    let text = metrics.render();
+    assert!(
+        text.contains("fluxgate_requests_total{route=\"/*\",status=\"499\"} 5"),
+        "{text}"
+    );
+}

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
+use crate::cli::Process;
 use crate::support::upstream::Upstream;
 use crate::support::{PATIENCE, Reply, TestClient, TestGateway, client, get, send};
 
@@ -178,18 +179,36 @@ async fn instances_expire_without_heartbeats() {
     let gw = TestGateway::start("").await;
     let c = client();
     let register = registration("short", "svc", &up, r#","ttl_s":1"#);
-    post(&c, &gw.url("/api/v1/services/register"), &register).await;
+    let created = post(&c, &gw.url("/api/v1/services/register"), &register).await;
+    assert_eq!(created.status, 201, "{}", created.text());
     // Heartbeats keep it for 2.5 s, well past its 1 s TTL.
+    let mut last_beat = tokio::time::Instant::now();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        last_beat = tokio::time::Instant::now();
         let beat = post(&c, &gw.url("/api/v1/services/heartbeat?id=short"), "").await;
         assert_eq!(beat.status, 200, "{}", beat.text());
         assert_eq!(get(&c, &gw.url("/svc/x"), &[]).await.status, 200);
     }
-    wait_until("the instance expired", async || {
-        get(&c, &gw.url("/svc/x"), &[]).await.status == 404
-    })
-    .await;
+    // Without heartbeats it goes once its TTL has passed: expiry runs once a second, so
+    // between 1 and 2 s after the last heartbeat (0.5 s more for a loaded machine).
+    let limit = Duration::from_millis(2500);
+    loop {
+        let status = get(&c, &gw.url("/svc/x"), &[]).await.status;
+        let waited = last_beat.elapsed();
+        if status == 404 {
+            assert!(
+                waited >= Duration::from_millis(900),
+                "expired {waited:?} after the last heartbeat, before its 1 s TTL"
+            );
+            break;
+        }
+        assert!(
+            waited < limit,
+            "still served {waited:?} after the last heartbeat, with a 1 s TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let beat = post(&c, &gw.url("/api/v1/services/heartbeat?id=short"), "").await;
     assert_eq!(beat.status, 404);
 }
@@ -207,12 +226,18 @@ async fn config_routes_take_precedence_and_checks_gate_instances() {
     );
     let gw = TestGateway::start(&config).await;
     let c = client();
-    post(
+    let pinned = post(
         &c,
         &gw.url("/api/v1/services/register"),
         &registration("p", "pinned", &registered, ""),
     )
     .await;
+    assert_eq!(pinned.status, 201, "{}", pinned.text());
+    // The registration is taken and listed; only its route yields to the config's.
+    let listed = get(&c, &gw.url("/api/v1/services?service=pinned"), &[])
+        .await
+        .json();
+    assert_eq!(listed["services"]["pinned"][0]["id"], "p", "{listed}");
     for _ in 0..3 {
         assert_eq!(
             get(&c, &gw.url("/pinned/x"), &[]).await.json()["upstream"],
@@ -246,5 +271,114 @@ async fn config_routes_take_precedence_and_checks_gate_instances() {
             get(&c, &gw.url("/checked/x"), &[]).await.json()["upstream"],
             "registered"
         );
+    }
+}
+
+/// Registers instance `id` on the gateway at `addr` with an optional bearer token.
+async fn register_with(
+    c: &TestClient,
+    addr: std::net::SocketAddr,
+    id: &str,
+    token: Option<&str>,
+) -> Reply {
+    let body = format!(r#"{{"id":"{id}","service":"tok","address":"127.0.0.1","port":9}}"#);
+    let mut req = Request::post(format!("http://{addr}/api/v1/services/register"));
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    send(c, req.body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+async fn listed_ids(c: &TestClient, addr: std::net::SocketAddr) -> Vec<String> {
+    let listed = get(
+        c,
+        &format!("http://{addr}/api/v1/services?service=tok"),
+        &[],
+    )
+    .await
+    .json();
+    listed["services"]["tok"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The admin token from `server.admin_token` and from `FLUXGATE_ADMIN_TOKEN`, on the real
+/// binary over HTTP from loopback: the right token is accepted, a wrong one is refused
+/// with 403 (a wrong token is wrong from anywhere), no token is accepted (loopback).
+#[tokio::test]
+async fn the_admin_token_from_config_or_environment_guards_registry_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"cfg-secret\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let plain_path = dir.path().join("plain.toml");
+    std::fs::write(&plain_path, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let plain = plain_path.to_str().unwrap().to_owned();
+    let c = client();
+    // Config token (the environment's is ignored when the config has one).
+    let mut from_config = Process::start_with_env(
+        &["--config", &config],
+        &[("FLUXGATE_ADMIN_TOKEN", "env-secret")],
+    );
+    // Environment token only.
+    let mut from_env = Process::start_with_env(
+        &["--config", &plain],
+        &[("FLUXGATE_ADMIN_TOKEN", "env-secret")],
+    );
+    for (what, process, right, wrong) in [
+        (
+            "config",
+            &mut from_config,
+            "cfg-secret",
+            ["nope", "env-secret"],
+        ),
+        (
+            "environment",
+            &mut from_env,
+            "env-secret",
+            ["nope", "cfg-secret"],
+        ),
+    ] {
+        let addr = process.listening_addr();
+        let ok = register_with(&c, addr, "right", Some(right)).await;
+        assert_eq!(ok.status, 201, "{what}: right token: {}", ok.text());
+        for token in wrong {
+            let refused = register_with(&c, addr, &format!("wrong-{token}"), Some(token)).await;
+            assert_eq!(
+                refused.status,
+                403,
+                "{what}: token {token:?}: {}",
+                refused.text()
+            );
+            assert_eq!(refused.json()["error"], "forbidden", "{what}");
+        }
+        let wrong_delete = send(
+            &c,
+            Request::delete(format!("http://{addr}/api/v1/services/deregister?id=right"))
+                .header("authorization", "Bearer nope")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(wrong_delete.status, 403, "{what}: {}", wrong_delete.text());
+        let anonymous = register_with(&c, addr, "anonymous", None).await;
+        assert_eq!(
+            anonymous.status,
+            201,
+            "{what}: no token from loopback: {}",
+            anonymous.text()
+        );
+        let mut ids = listed_ids(&c, addr).await;
+        ids.sort();
+        assert_eq!(ids, ["anonymous", "right"], "{what}");
     }
 }

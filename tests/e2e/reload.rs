@@ -1,11 +1,11 @@
 //! Hot reload and graceful shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::upstream::Upstream;
-use crate::support::{TestGateway, client, config_with, get};
+use crate::support::{PATIENCE, TestGateway, client, config_with, get};
 
 fn single_route(up: &Upstream, path: &str) -> String {
     config_with(
@@ -95,40 +95,64 @@ async fn reloads_under_concurrent_load_fail_no_request() {
     let b = Upstream::start("b").await;
     let gw = Arc::new(TestGateway::start(&single_route(&a, "/*")).await);
     let failures = Arc::new(AtomicUsize::new(0));
-    let served = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Requests that started after the load began: from the old config ("a") and the
+    // new one ("b"), and answers from "a" after "b" had answered (a switch back).
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let gw = gw.clone();
-            let failures = failures.clone();
-            let served = served.clone();
+            let (gw, failures, stop) = (gw.clone(), failures.clone(), stop.clone());
             tokio::spawn(async move {
                 let c = client();
-                for _ in 0..150 {
+                let deadline = tokio::time::Instant::now() + PATIENCE;
+                let (mut from_a, mut from_b, mut a_after_b) = (0usize, 0usize, 0usize);
+                // Until the reload loop has ended (bounded in time).
+                while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
                     let reply = get(&c, &gw.url("/x"), &[]).await;
                     let from = reply
                         .headers
                         .get("x-upstream")
                         .and_then(|v| v.to_str().ok());
-                    if reply.status == 200 && matches!(from, Some("a" | "b")) {
-                        served.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        failures.fetch_add(1, Ordering::SeqCst);
+                    match (reply.status.as_u16(), from) {
+                        (200, Some("a")) => {
+                            from_a += 1;
+                            a_after_b += usize::from(from_b > 0);
+                        }
+                        (200, Some("b")) => from_b += 1,
+                        _ => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
+                (from_a, from_b, a_after_b)
             })
         })
         .collect();
+    // The workers are sending before the first reload.
+    let started = tokio::time::Instant::now();
+    while a.requests.load(Ordering::SeqCst) < 8 {
+        assert!(started.elapsed() < PATIENCE, "load never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for i in 0..6 {
         let target = if i % 2 == 0 { &b } else { &a };
         gw.reconfigure(&single_route(target, "/*")).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    stop.store(true, Ordering::SeqCst);
+    let (mut from_a, mut from_b, mut a_after_b) = (0, 0, 0);
     for w in workers {
-        w.await.unwrap();
+        let (x, y, z) = w.await.unwrap();
+        from_a += x;
+        from_b += y;
+        a_after_b += z;
     }
     assert_eq!(failures.load(Ordering::SeqCst), 0);
-    assert_eq!(served.load(Ordering::SeqCst), 8 * 150);
-    assert!(gw.gateway.snapshot().generation >= 7);
+    assert!(
+        from_a > 0 && from_b > 0 && a_after_b > 0,
+        "both configs answered during the load, in turn: {from_a} from a, {from_b} from b, \
+         {a_after_b} from a after b"
+    );
+    assert_eq!(gw.gateway.snapshot().generation, 7);
 }
 
 #[tokio::test]

@@ -164,3 +164,58 @@ users = ["demo"]
     );
     assert_eq!(get(&c, &gw.url("/default-key"), &[]).await.status, 404);
 }
+
+#[tokio::test]
+async fn large_form_posts_pass_every_route_and_are_forwarded_whole() {
+    let vip = Upstream::start("vip").await;
+    let general = Upstream::start("general").await;
+    let config = config_with(
+        &[("vip", &[vip.addr], ""), ("general", &[general.addr], "")],
+        r#"
+[[routes]]
+path = "/fast"
+upstream = "general"
+[[routes]]
+path = "/fast"
+upstream = "vip"
+users = ["demo"]
+user_id_key = ["form:uid"]
+[[routes]]
+path = "/upload/*"
+upstream = "general"
+"#,
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    let post = |path: &str, body: String| {
+        Request::post(gw.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    // About 1 MB, the user id first.
+    let big = format!("uid=demo&data={}", "a".repeat(1 << 20));
+
+    // A route that does not key users on the form: the body is not read, whatever its size.
+    let reply = send(&c, post("/upload/x", big.clone())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["upstream"], "general");
+    assert_eq!(json["body"].as_str().map(str::len), Some(big.len()));
+
+    // A route that does: the id is found in the first bytes, and the whole body still
+    // reaches the upstream (what was read, then the rest).
+    let reply = send(&c, post("/fast", big.clone())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["upstream"], "vip");
+    assert_eq!(json["body"].as_str(), Some(big.as_str()));
+
+    // Only the first 64 KiB are looked at: an id after them is not seen.
+    let late = format!("data={}&uid=demo", "a".repeat(100 * 1024));
+    let reply = send(&c, post("/fast", late.clone())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["upstream"], "general");
+    assert_eq!(json["body"].as_str().map(str::len), Some(late.len()));
+}

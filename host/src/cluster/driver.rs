@@ -2,7 +2,7 @@
 //! streams, timers, and the registry's deltas in and out.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use super::messages::{AckResp, ErrResp, Message, MessageType, PushPull};
 use super::replication::Replication;
-use super::swim::{Member, MemberEvent, MemberState, Output, Swim, SwimConfig};
+use super::swim::{MemberEvent, Output, Swim, SwimConfig};
+use super::view::ClusterView;
 use super::wire::{self, Keyring, WireError};
 use crate::gateway::Gateway;
 use crate::registry::Delta;
@@ -26,38 +27,7 @@ const MAX_STREAM: usize = 64 * 1024 * 1024;
 /// A TCP exchange that takes longer than this is abandoned (memberlist's TCPTimeout).
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything `start` needs, resolved from `[cluster]` and the command line.
-#[derive(Debug, Clone)]
-pub struct ClusterSettings {
-    pub gossip_listen: SocketAddr,
-    pub advertise: SocketAddr,
-    pub join: Vec<String>,
-    pub secret_key: Option<Vec<u8>>,
-}
-
-/// What the rest of the gateway sees of the cluster: its members, for
-/// `/api/v1/health`.
-#[derive(Debug, Default)]
-pub struct ClusterView {
-    members: Mutex<Vec<Member>>,
-    pub gossip_addr: Mutex<Option<SocketAddr>>,
-    leave: tokio::sync::Notify,
-}
-
-impl ClusterView {
-    /// Asks the loop to leave the cluster (peers then see this node as "left", not
-    /// dead) and stop; the cluster task ends once the leave has been gossiped.
-    pub fn leave(&self) {
-        self.leave.notify_one();
-    }
-
-    pub fn members(&self) -> Vec<Member> {
-        self.members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+pub use crate::plan::ClusterSettings;
 
 /// A push/pull stream event handed from a connection task to the loop.
 enum StreamEvent {
@@ -82,7 +52,7 @@ pub async fn start(
     let (tcp, udp) = bind_pair(settings.gossip_listen)?;
     let (tcp, udp) = (TcpListener::from_std(tcp)?, UdpSocket::from_std(udp)?);
     let bound = udp.local_addr()?;
-    let mut advertise = settings.advertise;
+    let mut advertise = settings.advertised();
     if advertise.port() == 0 {
         advertise.set_port(bound.port());
     }
@@ -111,7 +81,7 @@ pub async fn start(
 fn bind_pair(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
     let mut last_error = None;
     for _ in 0..10 {
-        let tcp = crate::server::listen_tcp(addr, 128)?;
+        let tcp = crate::sockets::listen_tcp(addr, 128)?;
         let mut same = addr;
         same.set_port(tcp.local_addr()?.port());
         match bind_udp(same) {
@@ -226,7 +196,7 @@ impl Loop {
                     Vec::new()
                 }
                 () = tokio::time::sleep_until(deadline) => self.swim.tick(Instant::now()),
-                () = self.view.leave.notified() => {
+                () = self.view.leave_requested() => {
                     self.leave(&streams_tx).await;
                     return;
                 }
@@ -308,7 +278,7 @@ impl Loop {
     }
 
     fn publish_members(&self) {
-        *self.view.members.lock().unwrap_or_else(|e| e.into_inner()) = self.swim.members();
+        self.view.set_members(self.swim.members());
     }
 
     fn send_packet(&self, to: SocketAddr, messages: &[Message]) {
@@ -443,11 +413,11 @@ async fn serve_stream(
         let inner = read_message(&mut stream, |buf| {
             let inner = wire::open_stream(buf, &[], &keys)?;
             // Make sure the message is complete before handing it on.
-            match inner.first().copied() {
-                Some(t) if t == MessageType::PushPull as u8 => {
+            match inner.first().copied().map(MessageType::try_from) {
+                Some(Ok(MessageType::PushPull)) => {
                     wire::decode_push_pull(&inner)?;
                 }
-                Some(t) if t == MessageType::User as u8 => {
+                Some(Ok(MessageType::User)) => {
                     wire::decode_user_stream(&inner)?;
                 }
                 _ => {
@@ -457,8 +427,8 @@ async fn serve_stream(
             Ok(inner)
         })
         .await?;
-        let reply = match inner.first().copied() {
-            Some(t) if t == MessageType::PushPull as u8 => {
+        let reply = match inner.first().copied().map(MessageType::try_from) {
+            Some(Ok(MessageType::PushPull)) => {
                 let remote = wire::decode_push_pull(&inner).map_err(|e| e.to_string())?;
                 let (tx, rx) = oneshot::channel();
                 events
@@ -472,7 +442,7 @@ async fn serve_stream(
                 let ours = rx.await.map_err(|_| "no state to answer with".to_owned())?;
                 wire::encode_push_pull(&ours)
             }
-            Some(t) if t == MessageType::User as u8 => {
+            Some(Ok(MessageType::User)) => {
                 let payload = wire::decode_user_stream(&inner).map_err(|e| e.to_string())?;
                 events
                     .send(StreamEvent::User(payload))
@@ -505,15 +475,5 @@ async fn serve_stream(
             }
         }
         Err(_) => tracing::debug!(peer = %from, "gossip stream timed out"),
-    }
-}
-
-/// `state` as `/api/v1/health` shows it.
-pub fn state_name(state: MemberState) -> &'static str {
-    match state {
-        MemberState::Alive => "alive",
-        MemberState::Suspect => "suspect",
-        MemberState::Dead => "dead",
-        MemberState::Left => "left",
     }
 }

@@ -1,7 +1,9 @@
 //! Gossip messages, one struct per memberlist message body (field names as memberlist
 //! sends them), so the wire codec can speak memberlist's protocol byte for byte.
 
-/// memberlist's message type codes (first byte of every packet or stream message).
+/// memberlist's message type codes (first byte of every packet or stream message): net.go's
+/// `messageType` list plus label.go's `hasLabelMsg`. Bytes become types with `TryFrom<u8>`,
+/// types become bytes with `u8::from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageType {
@@ -20,6 +22,42 @@ pub enum MessageType {
     HasCrc = 12,
     Err = 13,
     HasLabel = 244,
+}
+
+/// A byte that is none of memberlist's message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown message type {0}")]
+pub struct UnknownMessageType(pub u8);
+
+impl TryFrom<u8> for MessageType {
+    type Error = UnknownMessageType;
+
+    fn try_from(byte: u8) -> Result<Self, Self::Error> {
+        Ok(match byte {
+            0 => MessageType::Ping,
+            1 => MessageType::IndirectPing,
+            2 => MessageType::AckResp,
+            3 => MessageType::Suspect,
+            4 => MessageType::Alive,
+            5 => MessageType::Dead,
+            6 => MessageType::PushPull,
+            7 => MessageType::Compound,
+            8 => MessageType::User,
+            9 => MessageType::Compress,
+            10 => MessageType::Encrypt,
+            11 => MessageType::NackResp,
+            12 => MessageType::HasCrc,
+            13 => MessageType::Err,
+            244 => MessageType::HasLabel,
+            _ => return Err(UnknownMessageType(byte)),
+        })
+    }
+}
+
+impl From<MessageType> for u8 {
+    fn from(t: MessageType) -> u8 {
+        t as u8
+    }
 }
 
 /// A member's state as memberlist numbers it in push/pull.
@@ -147,4 +185,26 @@ pub enum Message {
     Dead(Dead),
     /// A delegate (registry) message carried in memberlist's user-message slot.
     User(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_type_bytes_round_trip() {
+        // Exactly net.go's 0..=13 and label.go's 244 are message types.
+        for byte in 0..=u8::MAX {
+            match MessageType::try_from(byte) {
+                Ok(t) => {
+                    assert!(byte <= 13 || byte == 244, "{byte}");
+                    assert_eq!(u8::from(t), byte);
+                }
+                Err(e) => {
+                    assert!(byte > 13 && byte != 244, "{byte}");
+                    assert_eq!(e, UnknownMessageType(byte));
+                }
+            }
+        }
+    }
 }

@@ -1,9 +1,9 @@
 //! Reading gateway.toml: syntax, unknown keys and type errors, each with its key path.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::{Config, validate};
+use super::schema::Config;
 
 /// One thing wrong with a config file, located by its key path (`routes[2].upstream`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,22 +57,17 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// Reads, parses and validates a config file.
-pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut config = parse(&text)?;
-    if let Some(base) = path.parent() {
-        config.resolve_paths(base);
-    }
-    Ok(config)
+/// A config that deserialized, with the unknown keys found on the way (every one is
+/// reported, not only the first; `plan` reports them with its own findings).
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    pub unknown_keys: Vec<Problem>,
 }
 
-/// Parses and validates config text. Every unknown key is reported (not only the first);
-/// a type error stops parsing, so it is reported alongside the unknown keys seen before it.
-pub fn parse(text: &str) -> Result<Config, ConfigError> {
+/// Parses config text. A syntax or type error stops parsing: it is reported alongside
+/// the unknown keys seen before it.
+pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
     let mut problems = Vec::new();
     let deserializer = match toml::Deserializer::parse(text) {
         Ok(d) => d,
@@ -88,14 +83,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             .map(|path| Problem::new(path, "unknown key")),
     );
     match parsed {
-        Ok(config) => {
-            problems.extend(validate(&config));
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(ConfigError::Invalid(problems))
-            }
-        }
+        Ok(config) => Ok(Parsed {
+            config,
+            unknown_keys: problems,
+        }),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -159,11 +150,11 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
 mod tests {
     use super::*;
 
-    use crate::config::test_problems as problems;
+    use crate::plan::test_problems as problems;
 
     #[test]
     fn empty_text_is_the_default_config() {
-        assert_eq!(parse("").ok(), Some(Config::default()));
+        assert_eq!(parse("").ok().map(|p| p.config), Some(Config::default()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::convert::{self, InvalidEdit};
 use super::pool::{CallError, InstancePool};
 use super::registry::{ChainEntry, PluginHost};
 use crate::config::OnError;
+use crate::error::GatewayError;
 use crate::metrics::Hook;
 
 /// A plugin failure the request must answer for (`on_error = "deny"`).
@@ -20,15 +21,56 @@ pub struct PluginFailure {
     pub error: CallError,
 }
 
-struct Step<'a> {
-    entry: &'a ChainEntry,
+impl From<PluginFailure> for GatewayError {
+    fn from(f: PluginFailure) -> Self {
+        match f.error {
+            CallError::NotLoaded => GatewayError::PluginNotLoaded {
+                plugin: f.plugin.to_string(),
+            },
+            error => GatewayError::Plugin {
+                plugin: f.plugin.to_string(),
+                kind: error.kind(),
+            },
+        }
+    }
+}
+
+/// A route's chain entries: the global chain, then the route's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Entries<'a> {
+    pub global: &'a [ChainEntry],
+    pub route: &'a [ChainEntry],
+}
+
+impl<'a> Entries<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.global.is_empty() && self.route.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a ChainEntry> {
+        self.global.iter().chain(self.route)
+    }
+
+    /// The entry at `index` in chain order (an index `iter` produced).
+    fn get(&self, index: usize) -> &'a ChainEntry {
+        match index.checked_sub(self.global.len()) {
+            None => &self.global[index],
+            Some(i) => &self.route[i],
+        }
+    }
+}
+
+struct Step {
+    /// The entry's position in `Entries` order.
+    index: usize,
     pool: Arc<InstancePool>,
     info: PluginInfo,
 }
 
-/// A route's resolved chain (global entries first, then the route's).
-pub struct Chain<'a> {
-    steps: Vec<Step<'a>>,
+/// A route's resolved chain (global entries first, then the route's). It refers to its
+/// entries by position, so it does not borrow the snapshot it was resolved from.
+pub struct Chain {
+    steps: Vec<Step>,
     on_error: OnError,
 }
 
@@ -43,22 +85,22 @@ pub enum OnRequest {
     },
 }
 
-impl<'a> Chain<'a> {
+impl Chain {
     /// Looks up each entry's plugin and what it wants. A plugin that is not loaded or
     /// fails `init` is skipped (`allow`) or fails the request (`deny`).
     pub async fn resolve(
         host: &PluginHost,
-        entries: impl Iterator<Item = &'a ChainEntry>,
+        entries: Entries<'_>,
         on_error: OnError,
     ) -> Result<Self, PluginFailure> {
         let mut steps = Vec::new();
-        for entry in entries {
+        for (index, entry) in entries.iter().enumerate() {
             let resolved = match host.resolve(entry) {
                 Ok(pool) => pool.info().await.map(|info| (pool, info)),
                 Err(e) => Err(e),
             };
             match resolved {
-                Ok((pool, info)) => steps.push(Step { entry, pool, info }),
+                Ok((pool, info)) => steps.push(Step { index, pool, info }),
                 Err(error) => failed(entry, error, on_error)?,
             }
         }
@@ -94,7 +136,11 @@ impl<'a> Chain<'a> {
     }
 
     /// Runs on-request hooks in order; each plugin sees the edits of those before it.
-    pub async fn on_request(&self, req: &mut Request) -> Result<OnRequest, PluginFailure> {
+    pub async fn on_request(
+        &self,
+        entries: Entries<'_>,
+        req: &mut Request,
+    ) -> Result<OnRequest, PluginFailure> {
         for (i, step) in self.steps.iter().enumerate() {
             if !step.info.on_request {
                 continue;
@@ -106,20 +152,21 @@ impl<'a> Chain<'a> {
                 req.body.take()
             };
             let started = Instant::now();
+            let entry = entries.get(step.index);
             let result = step.pool.on_request(req).await;
-            let result = self.called(step, Hook::OnRequest, started, result);
+            let result = self.called(entry, Hook::OnRequest, started, result);
             if hidden.is_some() {
                 req.body = hidden;
             }
             match result? {
                 Some(RequestAction::Continue(edits)) => {
                     if let Err(e) = convert::apply_request_edits(req, edits) {
-                        self.invalid(step, e)?;
+                        self.invalid(entry, e)?;
                     }
                 }
                 Some(RequestAction::Respond(response)) => match convert::check_direct(&response) {
                     Ok(()) => return Ok(OnRequest::Respond { response, ran: i }),
-                    Err(e) => self.invalid(step, e)?,
+                    Err(e) => self.invalid(entry, e)?,
                 },
                 None => {}
             }
@@ -130,6 +177,7 @@ impl<'a> Chain<'a> {
     /// Runs on-response hooks of the first `ran` plugins in reverse order.
     pub async fn on_response(
         &self,
+        entries: Entries<'_>,
         ran: usize,
         req: &Request,
         resp: &mut Response,
@@ -144,15 +192,16 @@ impl<'a> Chain<'a> {
                 resp.body.take()
             };
             let started = Instant::now();
+            let entry = entries.get(step.index);
             let result = step.pool.on_response(req, resp).await;
-            let result = self.called(step, Hook::OnResponse, started, result);
+            let result = self.called(entry, Hook::OnResponse, started, result);
             if let Some(body) = body {
                 resp.body = Some(body);
             }
             if let Some(edits) = result?
                 && let Err(e) = convert::apply_response_edits(resp, edits)
             {
-                self.invalid(step, e)?;
+                self.invalid(entry, e)?;
             }
         }
         Ok(())
@@ -161,22 +210,20 @@ impl<'a> Chain<'a> {
     /// Records one hook call; `Ok(None)` when it failed and `on_error = allow`.
     fn called<R>(
         &self,
-        step: &Step<'_>,
+        entry: &ChainEntry,
         hook: Hook,
         started: Instant,
         result: Result<R, CallError>,
     ) -> Result<Option<R>, PluginFailure> {
-        step.entry
-            .metrics
-            .call(hook, started.elapsed().as_secs_f64());
+        entry.metrics.call(hook, started.elapsed().as_secs_f64());
         match result {
             Ok(r) => Ok(Some(r)),
-            Err(error) => failed(step.entry, error, self.on_error).map(|()| None),
+            Err(error) => failed(entry, error, self.on_error).map(|()| None),
         }
     }
 
-    fn invalid(&self, step: &Step<'_>, e: InvalidEdit) -> Result<(), PluginFailure> {
-        failed(step.entry, CallError::Trap(e.to_string()), self.on_error)
+    fn invalid(&self, entry: &ChainEntry, e: InvalidEdit) -> Result<(), PluginFailure> {
+        failed(entry, CallError::Trap(e.to_string()), self.on_error)
     }
 }
 

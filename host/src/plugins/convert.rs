@@ -163,12 +163,6 @@ pub fn check_direct(d: &DirectResponse) -> Result<(), InvalidEdit> {
     check_headers(&[], &d.headers)
 }
 
-/// A plugin's direct response as HTTP parts and body.
-pub fn direct_response(d: DirectResponse) -> Result<(StatusCode, HeaderMap, Bytes), InvalidEdit> {
-    let status = StatusCode::from_u16(d.status).map_err(|_| InvalidEdit("status"))?;
-    Ok((status, headers_from_wit(&d.headers)?, Bytes::from(d.body)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,7 +243,7 @@ mod tests {
             body: vec![],
         };
         assert_eq!(
-            direct_response(bad_status).unwrap_err(),
+            check_direct(&bad_status).unwrap_err(),
             InvalidEdit("status")
         );
     }

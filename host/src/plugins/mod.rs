@@ -19,6 +19,6 @@ pub mod registry;
 pub mod runtime;
 pub mod watch;
 
-pub use chain::{Chain, OnRequest, PluginFailure};
+pub use chain::{Chain, Entries, OnRequest, PluginFailure};
 pub use pool::{CallError, Limits};
 pub use registry::{ChainEntry, PluginHost};

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::validate::is_plugin_name;
 use crate::dir_watch::{self, DirWatch};
 use crate::gateway::Gateway;
+use crate::plan::is_plugin_name;
 
 /// Watches the plugin folder while alive.
 pub struct PluginWatcher {

@@ -3,31 +3,7 @@
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Per-route CORS settings: the route's `cors = { ... }` table.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(default)]
-pub struct CorsSpec {
-    /// "*" (any origin), exact origins like "https://app.example.com", or one leading-label wildcard like "https://*.example.com".
-    ///
-    /// `"*"` also admits the opaque origin `null` (sandboxed iframes, `file:` pages); an
-    /// explicit `"null"` entry admits only that. Wildcard entries never match `null`. An
-    /// empty list admits no origin (the config checker reports it separately).
-    pub allow_origins: Vec<String>,
-    /// Methods allowed cross-origin; empty = GET, HEAD, POST.
-    ///
-    /// Config is upper-cased when compiled (so `"put"` means `PUT`); `["*"]` allows any
-    /// requested method and reflects it.
-    pub allow_methods: Vec<String>,
-    /// Request headers allowed; empty = none beyond CORS-safelisted ones; ["*"] = any requested header is allowed (reflected).
-    pub allow_headers: Vec<String>,
-    /// Response headers that scripts may read besides the CORS-safelisted ones; `["*"]`
-    /// means all, which browsers honour only for requests without credentials.
-    pub expose_headers: Vec<String>,
-    /// Whether browsers may send cookies / HTTP authentication and let scripts read the answer.
-    pub allow_credentials: bool,
-    /// Access-Control-Max-Age for preflights; None = header omitted.
-    pub max_age_s: Option<u64>,
-}
+use crate::config::CorsConfig as CorsSpec;
 
 /// What a preflight request gets.
 #[derive(Debug)]

@@ -1,17 +1,13 @@
-//! Target health: active probes (one task per target) and passive outlier ejection.
+//! Target health: the verdict of active probes and passive outlier ejection, as a
+//! state machine with time passed in (the probe tasks live in `upstream::probe`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Request, header};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::body::GatewayBody;
-use crate::config::{HealthCheckConfig, OutlierConfig};
-use crate::metrics::Metrics;
-use crate::upstream::{HttpClient, TargetAddr, TargetStats};
+use crate::config::OutlierConfig;
 
 /// Whether a target may get traffic. Lives in `TargetStats`, so it survives reloads.
 /// Reads are lock-free (every pick reads it); only outcome recording with outlier
@@ -114,7 +110,7 @@ impl TargetHealth {
     }
 
     /// Counts one probe result; returns the runs of passes and failures so far.
-    fn record_probe(&self, passed: bool, now: Instant) -> (u32, u32) {
+    pub fn record_probe(&self, passed: bool, now: Instant) -> (u32, u32) {
         // Stored plus one, so that 0 keeps meaning "never probed".
         self.last_probe_ms
             .store(self.ms_since_base(now) + 1, Ordering::Relaxed);
@@ -129,7 +125,7 @@ impl TargetHealth {
     }
 
     /// When the next probe is due, continuing the schedule of an earlier probe task.
-    fn next_probe(&self, interval: Duration, now: Instant) -> Instant {
+    pub fn next_probe(&self, interval: Duration, now: Instant) -> Instant {
         match self.last_probe_ms.load(Ordering::Relaxed) {
             0 => now,
             stored => (self.base + Duration::from_millis(stored - 1) + interval).max(now),
@@ -144,124 +140,6 @@ impl TargetHealth {
 
     fn ms_since_base(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.base).as_millis() as u64
-    }
-}
-
-/// What a probe task needs to know about its target.
-#[derive(Debug, Clone)]
-pub struct ProbeTarget {
-    pub group: std::sync::Arc<str>,
-    pub url: std::sync::Arc<str>,
-    pub addr: TargetAddr,
-    pub host_header: http::HeaderValue,
-    pub stats: std::sync::Arc<TargetStats>,
-}
-
-/// The probe tasks of one config snapshot; dropping it (when the snapshot goes) stops
-/// them, so a reload never leaves stale probes running.
-#[derive(Debug, Default)]
-pub struct HealthCheckers(Vec<JoinHandle<()>>);
-
-impl Drop for HealthCheckers {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
-impl HealthCheckers {
-    /// Starts one probe task per target. Outside a tokio runtime (unit tests that only
-    /// build snapshots) no task is started.
-    pub fn spawn(
-        targets: Vec<(ProbeTarget, HealthCheckConfig, HttpClient)>,
-        metrics: &Metrics,
-    ) -> Self {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Self::default();
-        };
-        Self(
-            targets
-                .into_iter()
-                .map(|(target, spec, client)| {
-                    runtime.spawn(probe_loop(target, spec, client, metrics.clone()))
-                })
-                .collect(),
-        )
-    }
-}
-
-/// Probes a target every `interval_ms`; `unhealthy_threshold` failures in a row take
-/// it out, `healthy_threshold` passes in a row bring it back, so one blip does not flap.
-async fn probe_loop(
-    target: ProbeTarget,
-    spec: HealthCheckConfig,
-    client: HttpClient,
-    metrics: Metrics,
-) {
-    let interval = Duration::from_millis(spec.interval_ms.max(1));
-    let health = &target.stats.health;
-    let first = health.next_probe(interval, tokio::time::Instant::now());
-    let mut ticker = tokio::time::interval_at(first, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let result = probe(&target, &spec, &client).await;
-        let (passes, failures) = health.record_probe(result.is_ok(), Instant::now());
-        match result {
-            Ok(()) => {
-                if !health.active_ok() && passes >= spec.healthy_threshold.max(1) {
-                    health.set_active(true);
-                    tracing::info!(upstream = %target.group, target = %target.url, passes, "target healthy again");
-                    record_change(&metrics, &target, "healthy");
-                }
-            }
-            Err(reason) => {
-                if health.active_ok() && failures >= spec.unhealthy_threshold.max(1) {
-                    health.set_active(false);
-                    tracing::warn!(upstream = %target.group, target = %target.url, failures, reason, "target unhealthy: no traffic until it passes its health checks");
-                    record_change(&metrics, &target, "unhealthy");
-                }
-            }
-        }
-    }
-}
-
-/// Counts a health transition.
-pub fn record_change(metrics: &Metrics, target: &ProbeTarget, state: &str) {
-    metrics
-        .health_changes
-        .with_label_values(&[&*target.group, &*target.url, state])
-        .inc();
-}
-
-/// One probe: GET the check path; passes on the expected status within the timeout.
-async fn probe(
-    target: &ProbeTarget,
-    spec: &HealthCheckConfig,
-    client: &HttpClient,
-) -> Result<(), String> {
-    let uri = http::Uri::builder()
-        .scheme(target.addr.scheme.clone())
-        .authority(target.addr.authority.clone())
-        .path_and_query(spec.path.as_str())
-        .build()
-        .map_err(|e| format!("bad check URL: {e}"))?;
-    let request = Request::get(uri)
-        .header(header::HOST, target.host_header.clone())
-        .header(header::USER_AGENT, "fluxgate-health-check")
-        .body(GatewayBody::empty())
-        .map_err(|e| format!("bad check request: {e}"))?;
-    let timeout = Duration::from_millis(spec.timeout_ms.max(1));
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(format!("no answer within {} ms", spec.timeout_ms)),
-        Ok(Err(e)) => Err(format!("request failed: {e}")),
-        Ok(Ok(response)) if response.status().as_u16() == spec.expected_status => Ok(()),
-        Ok(Ok(response)) => Err(format!(
-            "status {} (expected {})",
-            response.status().as_u16(),
-            spec.expected_status
-        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Traffic policies: rate limits, response cache and CORS per route; health, circuit
 //! breakers and retries per upstream group. The algorithms are plain state machines
-//! (time passed in), wired into the request path by `pipeline`.
+//! (time passed in), wired into the request path by `pipeline` and `forward`; the state
+//! they keep across reloads is carried by `snapshot`.
 
 pub mod breaker;
 pub mod cache_policy;
@@ -10,32 +11,15 @@ pub mod rate_limit;
 pub mod response_cache;
 pub mod retry;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
-use crate::config::{RateAlgorithm, RateLimitConfig, RouteConfig};
 use crate::user_id::{self, KeySource, RequestView};
 use cors::Cors;
-use rate_limit::{Algorithm, Decision, KeyedLimiter, LimitSpec, Limiter};
+use rate_limit::{Decision, KeyedLimiter, Limiter};
 use response_cache::ResponseCache;
-
-fn limit_spec(cfg: &RateLimitConfig) -> LimitSpec {
-    LimitSpec {
-        algorithm: match cfg.algorithm {
-            RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
-            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
-            RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
-            RateAlgorithm::LeakyBucket => Algorithm::LeakyBucket,
-        },
-        capacity: cfg.capacity,
-        refill_per_s: cfg.refill_per_s,
-        window: Duration::from_millis(cfg.window_ms),
-    }
-}
 
 /// A per-user limit and where the user id comes from.
 #[derive(Debug)]
@@ -99,13 +83,6 @@ impl RoutePolicies {
         }
         Ok(shown)
     }
-
-    /// Does the user limit read a form field (so the body must be read first)?
-    pub fn reads_form(&self) -> bool {
-        self.user_rate_limit
-            .as_ref()
-            .is_some_and(|u| u.keys.iter().any(|k| matches!(k, KeySource::Form(_))))
-    }
 }
 
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (and
@@ -119,99 +96,6 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, d: &Decision) {
             http::header::RETRY_AFTER,
             HeaderValue::from(d.retry_after_secs()),
         );
-    }
-}
-
-/// Policy state that outlives snapshots: a reload that leaves a route's limit or
-/// cache config unchanged keeps its counters and stored responses.
-#[derive(Debug, Default)]
-pub struct PolicyState {
-    limiters: Mutex<HashMap<String, Arc<Limiter>>>,
-    user_limiters: Mutex<HashMap<String, Arc<KeyedLimiter>>>,
-    caches: Mutex<HashMap<String, Arc<ResponseCache>>>,
-}
-
-/// Collects what a snapshot uses, so state of removed routes is dropped.
-#[derive(Default)]
-pub struct PolicyBuild {
-    limiters: HashMap<String, Arc<Limiter>>,
-    user_limiters: HashMap<String, Arc<KeyedLimiter>>,
-    caches: HashMap<String, Arc<ResponseCache>>,
-}
-
-/// The state kept for (`label`, `cfg`) if the last snapshot had it, else a new one;
-/// either way recorded in the new snapshot's `kept` set.
-fn reuse<T, C: std::fmt::Debug>(
-    current: &Mutex<HashMap<String, Arc<T>>>,
-    kept: &mut HashMap<String, Arc<T>>,
-    label: &str,
-    cfg: &C,
-    make: impl FnOnce() -> Arc<T>,
-) -> Arc<T> {
-    // The Debug text covers every setting, so any change starts fresh state.
-    let key = format!("{label}\n{cfg:?}");
-    let existing = current
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .cloned();
-    let state = existing.unwrap_or_else(make);
-    kept.insert(key, state.clone());
-    state
-}
-
-impl PolicyState {
-    /// Builds one route's policies; `label` identifies the route across reloads.
-    pub fn route(
-        &self,
-        label: &str,
-        route: &RouteConfig,
-        build: &mut PolicyBuild,
-    ) -> RoutePolicies {
-        let now = Instant::now();
-        let rate_limit = route.rate_limit.as_ref().map(|cfg| {
-            reuse(&self.limiters, &mut build.limiters, label, cfg, || {
-                Arc::new(Limiter::new(limit_spec(cfg), now))
-            })
-        });
-        let user_rate_limit = route.user_rate_limit.as_ref().map(|cfg| {
-            let limiter = reuse(
-                &self.user_limiters,
-                &mut build.user_limiters,
-                label,
-                cfg,
-                || Arc::new(KeyedLimiter::new(limit_spec(cfg), cfg.max_keys)),
-            );
-            let mut keys: Vec<KeySource> = cfg
-                .key
-                .iter()
-                .filter_map(|k| KeySource::parse(k).ok())
-                .collect();
-            if keys.is_empty() {
-                keys.push(KeySource::Ip);
-            }
-            UserLimit { limiter, keys }
-        });
-        let cache = route.cache.as_ref().map(|cfg| {
-            reuse(&self.caches, &mut build.caches, label, cfg, || {
-                ResponseCache::new(cfg.clone())
-            })
-        });
-        RoutePolicies {
-            rate_limit,
-            user_rate_limit,
-            cache,
-            // Validation has compiled this already; an invalid table is dropped.
-            cors: route.cors.as_ref().and_then(|c| Cors::new(c).ok()),
-            websocket: route.websocket,
-        }
-    }
-
-    /// Keeps exactly what the new snapshot uses.
-    pub fn commit(&self, build: PolicyBuild) {
-        *self.limiters.lock().unwrap_or_else(|e| e.into_inner()) = build.limiters;
-        *self.user_limiters.lock().unwrap_or_else(|e| e.into_inner()) = build.user_limiters;
-        *self.caches.lock().unwrap_or_else(|e| e.into_inner()) = build.caches;
     }
 }
 

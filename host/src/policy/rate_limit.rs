@@ -40,7 +40,7 @@ const MIN_IDLE: Duration = Duration::from_secs(1);
 const MAX_IDLE: Duration = Duration::from_secs(60 * 60);
 
 /// Which algorithm a limit uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// Continuous refill up to a burst size.
     TokenBucket,
@@ -52,8 +52,9 @@ pub enum Algorithm {
     LeakyBucket,
 }
 
-/// A limit's parameters (already validated by the config layer).
-#[derive(Debug, Clone, PartialEq)]
+/// A limit's parameters (already validated by the config layer). Compared and hashed
+/// by value (the rate by its bits), so it can key the limiter state kept across reloads.
+#[derive(Debug, Clone)]
 pub struct LimitSpec {
     /// The algorithm.
     pub algorithm: Algorithm,
@@ -63,6 +64,26 @@ pub struct LimitSpec {
     pub refill_per_s: f64,
     /// fixed/sliding window length. Unused by buckets.
     pub window: Duration,
+}
+
+impl PartialEq for LimitSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm
+            && self.capacity == other.capacity
+            && self.refill_per_s.to_bits() == other.refill_per_s.to_bits()
+            && self.window == other.window
+    }
+}
+
+impl Eq for LimitSpec {}
+
+impl std::hash::Hash for LimitSpec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.algorithm.hash(state);
+        self.capacity.hash(state);
+        self.refill_per_s.to_bits().hash(state);
+        self.window.hash(state);
+    }
 }
 
 impl LimitSpec {

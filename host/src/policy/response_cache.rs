@@ -88,9 +88,9 @@ pub struct FillGuard {
 }
 
 impl ResponseCache {
-    pub fn new(config: CacheConfig) -> Arc<Self> {
+    pub fn new(config: CacheConfig) -> Self {
         let max_ttl = Duration::from_millis(config.max_ttl_ms.max(1));
-        Arc::new(Self {
+        Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(config.max_entries)
                 .expire_after(ExpireAtTtl)
@@ -101,7 +101,7 @@ impl ResponseCache {
                 .build(),
             filling: Mutex::new(HashMap::new()),
             config,
-        })
+        }
     }
 
     /// The primary key: method, host, path and query.
@@ -235,7 +235,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stores_serves_and_expires_by_ttl() {
-        let cache = ResponseCache::new(config());
+        let cache = Arc::new(ResponseCache::new(config()));
         let req = request("/a?x=1", None);
         let primary = ResponseCache::primary_key(&req);
         assert_eq!(primary, "GET example.com/a?x=1");
@@ -274,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn vary_headers_split_entries() {
-        let cache = ResponseCache::new(config());
+        let cache = Arc::new(ResponseCache::new(config()));
         let en = request("/v", Some("en"));
         let fr = request("/v", Some("fr"));
         let primary = ResponseCache::primary_key(&en);
@@ -303,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_are_released_when_the_leader_ends() {
-        let cache = ResponseCache::new(config());
+        let cache = Arc::new(ResponseCache::new(config()));
         let req = request("/w", None);
         let primary = ResponseCache::primary_key(&req);
         let Lookup::Lead(guard) = cache.lookup(primary.clone(), req.headers(), false) else {
@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn entry_count_is_bounded() {
-        let cache = ResponseCache::new(config());
+        let cache = Arc::new(ResponseCache::new(config()));
         for i in 0..500 {
             let req = request(&format!("/k{i}"), None);
             if let Lookup::Lead(g) =

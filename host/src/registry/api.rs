@@ -5,31 +5,21 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Registration, group_name};
-use crate::body::GatewayBody;
+use crate::body::{self, GatewayBody};
 use crate::error::{GatewayError, json_response};
 use crate::gateway::{Gateway, Snapshot};
-
-/// The paths served here.
-pub const PATHS: &[&str] = &[
-    "/api/v1/services",
-    "/api/v1/services/register",
-    "/api/v1/services/deregister",
-    "/api/v1/services/heartbeat",
-];
 
 /// Largest request body accepted by the management API.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Answers a registry request (the path is one of `PATHS`).
+/// Answers a registry request (the path is one of `paths::REGISTRY_PATHS`).
 pub async fn answer(
     gateway: &Gateway,
     snapshot: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<GatewayBody>,
     client_ip: IpAddr,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let path = req.uri().path().to_owned();
@@ -97,7 +87,7 @@ fn authorize<B>(
     client_ip: IpAddr,
 ) -> Result<(), GatewayError> {
     let token = snapshot
-        .config
+        .config()
         .server
         .admin_token
         .clone()
@@ -134,16 +124,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, GatewayError> {
-    Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+async fn read_body(req: Request<GatewayBody>) -> Result<Bytes, GatewayError> {
+    body::read_up_to(req.into_body(), MAX_BODY)
         .await
-        .map(|c| c.to_bytes())
-        .map_err(|_| GatewayError::BodyTooLarge { limit: MAX_BODY })
+        .map_err(|_| GatewayError::BadRequest("request body could not be read"))?
+        .whole(|| GatewayError::BodyTooLarge { limit: MAX_BODY })
 }
 
 /// The instance id from `?id=` or a JSON body `{"id": "..."}`.
-async fn instance_id(req: Request<Incoming>) -> Result<String, GatewayError> {
+async fn instance_id(req: Request<GatewayBody>) -> Result<String, GatewayError> {
     if let Some(id) = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "id")

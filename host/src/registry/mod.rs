@@ -8,6 +8,7 @@ pub mod store;
 use std::collections::BTreeMap;
 
 use crate::config::{BalancerKind, HealthCheckConfig, RouteConfig, TargetConfig, UpstreamConfig};
+use crate::plan::{self, RoutePlan, UpstreamPlan};
 pub use model::Registration;
 pub use store::{Delta, Registry};
 
@@ -23,11 +24,13 @@ pub fn group_name(service: &str) -> String {
 /// The upstream groups and routes the registry adds to a snapshot: one weighted group
 /// per service over its live instances, and `/{service}/*` with the prefix stripped.
 /// A config route with the same path takes precedence (its service route is left out).
+/// They go through the same compiler as the config; a registration the model let
+/// through but the compiler refuses is logged and left out.
 pub fn service_routes(
     services: &BTreeMap<String, Vec<Registration>>,
-    config_routes: &[RouteConfig],
-) -> (BTreeMap<String, UpstreamConfig>, Vec<RouteConfig>) {
-    let mut groups = BTreeMap::new();
+    config_routes: &[RoutePlan],
+) -> (Vec<UpstreamPlan>, Vec<RoutePlan>) {
+    let mut groups = Vec::new();
     let mut routes = Vec::new();
     for (service, instances) in services {
         let path = format!("/{service}/*");
@@ -45,28 +48,42 @@ pub fn service_routes(
                     ..HealthCheckConfig::default()
                 });
         let name = group_name(service);
-        groups.insert(
-            name.clone(),
-            UpstreamConfig {
-                balancer: BalancerKind::WeightedRoundRobin,
-                targets: instances
-                    .iter()
-                    .map(|i| TargetConfig {
-                        url: i.url(),
-                        weight: i.weight(),
-                    })
-                    .collect(),
-                health_check,
-                ..UpstreamConfig::default()
-            },
-        );
-        routes.push(RouteConfig {
+        let group = UpstreamConfig {
+            balancer: BalancerKind::WeightedRoundRobin,
+            targets: instances
+                .iter()
+                .map(|i| TargetConfig {
+                    url: i.url(),
+                    weight: i.weight(),
+                })
+                .collect(),
+            health_check,
+            ..UpstreamConfig::default()
+        };
+        let route = RouteConfig {
             name: Some(format!("service:{service}")),
             path,
-            upstream: name,
+            upstream: name.clone(),
             strip_prefix: Some(format!("/{service}")),
             ..RouteConfig::default()
-        });
+        };
+        let mut problems = Vec::new();
+        let at = format!("service {service}");
+        let compiled = (
+            plan::compile_upstream(&name, &group, &at, &mut problems),
+            plan::compile_route(&route, &at, &mut problems),
+        );
+        match compiled {
+            (Some(group), Some(route)) if problems.is_empty() => {
+                groups.push(group);
+                routes.push(route);
+            }
+            _ => {
+                for problem in problems {
+                    tracing::error!(service = %service, "registered service not routed: {problem}");
+                }
+            }
+        }
     }
     (groups, routes)
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxgate_host::Gateway;
-use fluxgate_host::plugins::watch::{PluginWatcher, load_all, watch as watch_plugins};
-use fluxgate_host::reload::{self, ConfigWatcher};
+use fluxgate_host::launch::{self, Launch};
+use fluxgate_host::plan::{self, Overrides};
 use http::{HeaderMap, Request, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
@@ -29,15 +29,14 @@ use tokio::task::JoinHandle;
 /// Every wait in these tests gives up after this long rather than hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A gateway running in-process on 127.0.0.1:0 with its config file watched.
+/// A gateway running in-process on 127.0.0.1:0 with its config file watched, started
+/// through the same `launch::start` as the binary.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub config_path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _watcher: ConfigWatcher,
-    _plugin_watcher: PluginWatcher,
     /// The watched plugin folder (`<temp>/plugins.d`).
     pub plugin_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -54,20 +53,25 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
-        let config = fluxgate_host::config::load_file(&config_path).expect("test config is valid");
-        let plugin_dir = config.plugins.dir.clone();
+        let plan =
+            plan::load_file(&config_path, &Overrides::default()).expect("test config is valid");
+        let plugin_dir = plan.config.plugins.dir.clone();
         std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
         for (name, bytes) in plugins {
             std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes).expect("write plugin");
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let gateway = Gateway::new(config, addr);
-        load_all(&gateway, &plugin_dir).await;
-        let plugin_watcher = watch_plugins(gateway.clone(), &plugin_dir).expect("watch plugins");
-        let watcher = reload::watch(&config_path, gateway.clone(), |_| {}).expect("watch");
+        let running = launch::start(Launch {
+            plan,
+            config_path: Some(config_path.clone()),
+            overrides: Overrides::default(),
+            listener: Some(listener),
+        })
+        .await
+        .expect("gateway starts");
+        let (addr, gateway) = (running.addr, running.gateway.clone());
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(fluxgate_host::run(listener, gateway.clone(), async {
+        let task = tokio::spawn(running.serve(async {
             let _ = rx.await;
         }));
         Self {
@@ -76,8 +80,6 @@ impl TestGateway {
             config_path,
             shutdown: Some(tx),
             task: Some(task),
-            _watcher: watcher,
-            _plugin_watcher: plugin_watcher,
             plugin_dir,
             _dir: dir,
         }
@@ -191,6 +193,32 @@ pub async fn read_until_close(stream: &mut TcpStream, read_for: Duration) -> Str
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How a read of a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The peer closed the connection (EOF, or a reset), this long after the read began.
+    Closed(Duration),
+    /// Still open when the read gave up.
+    StillOpen,
+}
+
+/// Reads until the peer closes the connection or `limit` passes, and says which
+/// happened (unlike `read_until_close`, which cannot tell a close from a timeout).
+pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> (String, ReadEnd) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = tokio::time::Instant::now();
+    let deadline = started + limit;
+    let end = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break ReadEnd::Closed(started.elapsed()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break ReadEnd::StillOpen,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), end)
 }
 
 /// A request body fed chunk by chunk from the test.

@@ -9,9 +9,13 @@
 //!   echoes the whole body
 //! - `/fail/N/...`    the first N requests to any `/fail` path get 503, later ones the echo
 //! - `/health`        200 while `healthy` is set, else 503
-//! - `/ws`            WebSocket-style upgrade: 101, then echoes every byte back
-//! - anything else    JSON echo: name, method, path, query, headers, body, and `n`, the
-//!   request number; `?cc=VALUE` / `?vary=NAME` set Cache-Control / Vary on it
+//! - `/ws`            WebSocket-style upgrade: 101 (with `x-upstream-saw-consumer` set to
+//!   the handshake's `x-consumer-id`, if any), then echoes every byte back
+//! - anything else    JSON echo: name, method, path, query, headers, body, `n`, the
+//!   request number (counted on arrival), and `arrived_by_answer`, how many requests
+//!   had arrived when the answer was made (after a `/slow` wait: a request numbered
+//!   up to it arrived while this one was waiting); `?cc=VALUE` / `?vary=NAME` set
+//!   Cache-Control / Vary on it
 //!
 //! While `failing` is set, every request except `/health` gets 503.
 
@@ -199,6 +203,7 @@ async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply
             if !wants_upgrade {
                 return Ok(plain(StatusCode::BAD_REQUEST, "no upgrade header"));
             }
+            let consumer = req.headers().get("x-consumer-id").cloned();
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let Ok(upgraded) = on_upgrade.await else {
@@ -207,13 +212,15 @@ async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply
                 let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
                 let _ = tokio::io::copy(&mut rd, &mut wr).await;
             });
-            return Ok(Response::builder()
+            let mut reply = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
                 .header("upgrade", "websocket")
-                .header("x-upstream", &shared.name)
-                .body(UpstreamBody::full(""))
-                .expect("response"));
+                .header("x-upstream", &shared.name);
+            if let Some(consumer) = consumer {
+                reply = reply.header("x-upstream-saw-consumer", consumer);
+            }
+            return Ok(reply.body(UpstreamBody::full("")).expect("response"));
         }
         ["slow", ms, ..] => {
             let ms: u64 = ms.parse().unwrap_or(0);
@@ -287,6 +294,7 @@ async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
         "n": n,
+        "arrived_by_answer": shared.requests.load(Ordering::SeqCst),
     });
     let mut reply = Response::builder()
         .status(status)

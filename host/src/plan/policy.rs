@@ -1,15 +1,36 @@
-//! Semantic checks of the traffic-policy keys (see `policy.rs` for the keys themselves).
+//! Traffic-policy tables: value checks, and the typed limits and CORS policy a route
+//! is built with (see `config/policy.rs` for the keys themselves).
 
-use super::{
+use std::time::Duration;
+
+use crate::config::{
     CacheConfig, CircuitBreakerConfig, HealthCheckConfig, OutlierConfig, Problem, RateAlgorithm,
     RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig,
 };
+use crate::policy::cors::Cors;
+use crate::policy::rate_limit::{Algorithm, LimitSpec};
 use crate::user_id::KeySource;
 
+/// A per-user limit: its spec, where user ids come from, how many are tracked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLimitPlan {
+    pub spec: LimitSpec,
+    pub keys: Vec<KeySource>,
+    pub max_keys: u64,
+}
+
+/// A route's policy tables, compiled.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RoutePolicyPlan {
+    pub rate_limit: Option<LimitSpec>,
+    pub user_rate_limit: Option<UserLimitPlan>,
+    pub cors: Option<Cors>,
+}
+
 /// Checks an upstream group's `health_check`, `outlier_detection`, `circuit_breaker`
-/// and `retry` tables.
-pub(super) fn check_upstream(name: &str, upstream: &UpstreamConfig, out: &mut Vec<Problem>) {
-    let at = |key: &str| format!("upstreams.{name}.{key}");
+/// and `retry` tables; `at` is the group's key path.
+pub(super) fn check_upstream(at: &str, upstream: &UpstreamConfig, out: &mut Vec<Problem>) {
+    let at = |key: &str| format!("{at}.{key}");
     if let Some(h) = &upstream.health_check {
         check_health(&at("health_check"), h, out);
     }
@@ -24,9 +45,30 @@ pub(super) fn check_upstream(name: &str, upstream: &UpstreamConfig, out: &mut Ve
     }
 }
 
-/// Checks a route's `rate_limit`, `user_rate_limit`, `cache`, `cors` and `websocket`.
-pub(super) fn check_route(i: usize, route: &RouteConfig, out: &mut Vec<Problem>) {
-    let at = |key: &str| format!("routes[{i}].{key}");
+/// The typed spec of a checked `rate_limit` table.
+fn limit_spec(cfg: &RateLimitConfig) -> LimitSpec {
+    LimitSpec {
+        algorithm: match cfg.algorithm {
+            RateAlgorithm::TokenBucket => Algorithm::TokenBucket,
+            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+            RateAlgorithm::FixedWindow => Algorithm::FixedWindow,
+            RateAlgorithm::LeakyBucket => Algorithm::LeakyBucket,
+        },
+        capacity: cfg.capacity,
+        refill_per_s: cfg.refill_per_s,
+        window: Duration::from_millis(cfg.window_ms),
+    }
+}
+
+/// Checks and compiles a route's `rate_limit`, `user_rate_limit`, `cache` and `cors`;
+/// `at` is the route's key path.
+pub(super) fn compile_route_policies(
+    at: &str,
+    route: &RouteConfig,
+    out: &mut Vec<Problem>,
+) -> RoutePolicyPlan {
+    let at = |key: &str| format!("{at}.{key}");
+    let mut plan = RoutePolicyPlan::default();
     if let Some(limit) = &route.rate_limit {
         check_rate_limit(&at("rate_limit"), limit, out);
         if !limit.key.is_empty() {
@@ -35,13 +77,19 @@ pub(super) fn check_route(i: usize, route: &RouteConfig, out: &mut Vec<Problem>)
                 "a route-wide limit has no key; per-user limits go in user_rate_limit",
             ));
         }
+        plan.rate_limit = Some(limit_spec(limit));
     }
     if let Some(limit) = &route.user_rate_limit {
         check_rate_limit(&at("user_rate_limit"), limit, out);
+        let mut keys = Vec::with_capacity(limit.key.len());
         for (j, key) in limit.key.iter().enumerate() {
-            if let Err(e) = KeySource::parse(key) {
-                out.push(Problem::new(at(&format!("user_rate_limit.key[{j}]")), e));
+            match KeySource::parse(key) {
+                Ok(k) => keys.push(k),
+                Err(e) => out.push(Problem::new(at(&format!("user_rate_limit.key[{j}]")), e)),
             }
+        }
+        if keys.is_empty() {
+            keys.push(KeySource::Ip);
         }
         if limit.max_keys == 0 {
             out.push(Problem::new(
@@ -49,23 +97,28 @@ pub(super) fn check_route(i: usize, route: &RouteConfig, out: &mut Vec<Problem>)
                 "must be greater than 0",
             ));
         }
+        plan.user_rate_limit = Some(UserLimitPlan {
+            spec: limit_spec(limit),
+            keys,
+            max_keys: limit.max_keys,
+        });
     }
     if let Some(cache) = &route.cache {
         check_cache(&at("cache"), cache, out);
     }
-    if let Some(cors) = &route.cors
-        && let Err(e) = crate::policy::cors::Cors::new(cors)
-    {
-        out.push(Problem::new(at("cors"), e));
+    if let Some(cors) = &route.cors {
+        match Cors::new(cors) {
+            Ok(compiled) => plan.cors = Some(compiled),
+            Err(e) => out.push(Problem::new(at("cors"), e)),
+        }
+        if cors.allow_origins.is_empty() {
+            out.push(Problem::new(
+                at("cors.allow_origins"),
+                "needs at least one origin (or \"*\")",
+            ));
+        }
     }
-    if let Some(cors) = &route.cors
-        && cors.allow_origins.is_empty()
-    {
-        out.push(Problem::new(
-            at("cors.allow_origins"),
-            "needs at least one origin (or \"*\")",
-        ));
-    }
+    plan
 }
 
 fn check_rate_limit(at: &str, limit: &RateLimitConfig, out: &mut Vec<Problem>) {
@@ -238,7 +291,7 @@ fn check_statuses(at: &str, statuses: &[u16], out: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
 
-    use crate::config::test_problems as problems;
+    use crate::plan::test_problems as problems;
 
     const UPSTREAM: &str = "[upstreams.u]\ntargets = [{ url = \"http://127.0.0.1:9000\" }]\n";
 

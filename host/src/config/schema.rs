@@ -1,0 +1,326 @@
+//! The sections of gateway.toml and their keys, with defaults.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::policy::{
+    CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig,
+    RateLimitConfig, RetryConfig,
+};
+
+/// The whole gateway.toml. All sections are optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub plugins: PluginsConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Absent = a single node (no gossip).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: gossip with other gateway nodes (memberlist's protocol).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// UDP and TCP address for gossip; `--gossip-port` replaces the port.
+    pub gossip_listen: String,
+    /// Address other nodes reach us at; default: the listen address (127.0.0.1 when
+    /// it is unspecified, which only suits single-host clusters).
+    pub advertise: Option<String>,
+    /// Nodes to join at start (`host:port`); `--join` adds to them.
+    pub join: Vec<String>,
+    /// Base64 AES key (16, 24 or 32 bytes): gossip is encrypted and authenticated.
+    pub secret_key: Option<String>,
+    /// Unique node name; default `hostname:http-port`.
+    pub node_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            gossip_listen: "0.0.0.0:7946".to_owned(),
+            advertise: None,
+            join: Vec::new(),
+            secret_key: None,
+            node_name: None,
+        }
+    }
+}
+
+impl Config {
+    /// Makes relative paths in the config relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if self.plugins.dir.is_relative() {
+            self.plugins.dir = base.join(&self.plugins.dir);
+        }
+    }
+}
+
+/// `[plugins]`: where WebAssembly plugins come from and the limits they run under.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginsConfig {
+    /// Watched folder; `NAME.wasm` is plugin `NAME`. Relative to the config file.
+    pub dir: std::path::PathBuf,
+    /// Longest a single hook call may run.
+    pub timeout_ms: u64,
+    /// Most linear memory one plugin instance may use.
+    pub memory_limit_mb: u64,
+    /// What a failing plugin (trap, timeout, out of memory, not loaded) does to the
+    /// request: `deny` answers with a JSON 5xx, `allow` skips the plugin.
+    pub on_error: OnError,
+    /// Largest request/response body buffered for plugins that ask for bodies.
+    pub max_body_bytes: usize,
+    /// Warm instances kept per plugin version and config.
+    pub max_idle_instances: usize,
+    /// Chain run on every routed request, before the route's own chain.
+    pub global: Vec<PluginRef>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: std::path::PathBuf::from("plugins.d"),
+            timeout_ms: 50,
+            memory_limit_mb: 32,
+            on_error: OnError::Deny,
+            max_body_bytes: 1024 * 1024,
+            max_idle_instances: 32,
+            global: Vec::new(),
+        }
+    }
+}
+
+/// `plugins.on_error`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+/// One entry of a plugin chain: `"name"` or `{ name = "...", config = { ... } }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    pub name: String,
+    /// Passed to the plugin's `init` as JSON.
+    pub config: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for PluginRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PluginRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a plugin name or { name = \"...\", config = { ... } }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<PluginRef, E> {
+                Ok(PluginRef {
+                    name: name.to_owned(),
+                    config: toml::Table::new(),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginRef, A::Error> {
+                let mut name = None;
+                let mut config = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value::<String>()?),
+                        "config" => config = Some(map.next_value::<toml::Table>()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(
+                                other,
+                                &["name", "config"],
+                            ));
+                        }
+                    }
+                }
+                Ok(PluginRef {
+                    name: name.ok_or_else(|| serde::de::Error::missing_field("name"))?,
+                    config: config.unwrap_or_default(),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `[server]`: the listener, client-facing limits and operator settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on; `--port` overrides the port.
+    pub listen: String,
+    /// Runtime worker threads; 0 = one per available core.
+    pub workers: usize,
+    /// A client must send a complete request head within this time (slowloris guard).
+    /// An idle keep-alive connection is closed after the same time.
+    pub header_read_timeout_ms: u64,
+    /// Longest accepted request target (path + query), else 414.
+    pub max_uri_bytes: usize,
+    /// Most request header fields accepted, else 431.
+    pub max_headers: usize,
+    /// Largest total size of request header names and values, else 431.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_grace_ms: u64,
+    /// One log line per request (target `access`).
+    pub access_log: bool,
+    /// Bearer token that allows management writes from non-loopback clients (else the
+    /// FLUXGATE_ADMIN_TOKEN environment variable; neither = loopback only).
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            workers: 0,
+            header_read_timeout_ms: 15_000,
+            max_uri_bytes: 8 * 1024,
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            shutdown_grace_ms: 10_000,
+            access_log: true,
+            admin_token: None,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`: a group of interchangeable targets and how to pick one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    pub balancer: BalancerKind,
+    pub targets: Vec<TargetConfig>,
+    /// Time allowed to open a TCP connection to a target (502/504 after).
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending the request to receiving the response head (504 after).
+    pub request_timeout_ms: u64,
+    /// Idle pooled connections are closed after this time.
+    pub pool_idle_timeout_ms: u64,
+    /// Idle pooled connections kept per target.
+    pub pool_max_idle_per_target: usize,
+    /// Active probes; absent = targets are assumed healthy.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of failing targets; absent = off.
+    pub outlier_detection: Option<OutlierConfig>,
+    /// One breaker per target; absent = off.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Absent = every request is tried once.
+    pub retry: Option<RetryConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            balancer: BalancerKind::RoundRobin,
+            targets: Vec::new(),
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_target: 256,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breaker: None,
+            retry: None,
+        }
+    }
+}
+
+/// Load-balancing algorithm of an upstream group.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    IpHash,
+    Random,
+}
+
+/// One target of an upstream group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TargetConfig {
+    /// `http://host:port` (a path is not allowed: use the route's rewrite keys).
+    pub url: String,
+    /// Relative share for weighted balancers (1..=10000).
+    pub weight: u32,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            weight: 1,
+        }
+    }
+}
+
+/// `[[routes]]`: which requests go where, and how they are rewritten on the way.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RouteConfig {
+    /// Label in logs and metrics; defaults to the path pattern.
+    pub name: Option<String>,
+    /// `/literal`, `/:param`, `/{param}`, and a trailing `/*`.
+    pub path: String,
+    /// Allowed methods; empty = any.
+    pub methods: Vec<String>,
+    /// Name of an `[upstreams.NAME]` group.
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub replace_prefix: Option<ReplacePrefix>,
+    /// Send the client's Host header upstream (true) or the target's host:port (false).
+    pub preserve_host: bool,
+    /// Send this Host header upstream instead.
+    pub host_rewrite: Option<String>,
+    /// When set, the route only serves these user ids.
+    pub users: Vec<String>,
+    /// Where the user id comes from, first found wins (`header:NAME`, `query:NAME`,
+    /// `cookie:NAME`, `form:NAME`, `jwt:CLAIM`, `basic:username`, `ip`).
+    pub user_id_key: Vec<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    /// Plugin chain for this route, run after `[plugins] global`.
+    pub plugins: Vec<PluginRef>,
+    /// One limit shared by every client of the route.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// One limit per user id (`key`).
+    pub user_rate_limit: Option<RateLimitConfig>,
+    pub cache: Option<CacheConfig>,
+    pub cors: Option<CorsConfig>,
+    /// Proxy `Upgrade: websocket` requests (otherwise Upgrade is stripped).
+    pub websocket: bool,
+}
+
+/// `replace_prefix = { from = "/v1", to = "/v2" }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ReplacePrefix {
+    pub from: String,
+    pub to: String,
+}
+
+/// Header edits: `remove` runs first, then `set` (which replaces any existing values).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HeaderOps {
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+/// The user id sources used when a route has `users` but no `user_id_key`.
+pub const DEFAULT_USER_ID_KEY: &str = "header:x-user-id";

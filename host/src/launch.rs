@@ -1,0 +1,166 @@
+//! One startup path, for the binary and the end-to-end tests alike: bind (or take a
+//! bound listener), build the gateway, start gossip, load and watch the plugin folder,
+//! watch the config file; then serve until shutdown and leave the cluster cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::gateway::Gateway;
+use crate::plan::{Overrides, Plan};
+use crate::plugins::watch::PluginWatcher;
+use crate::reload::ConfigWatcher;
+use crate::{cluster, plugins, reload, sockets};
+
+/// Accept backlog of the HTTP listener.
+const BACKLOG: i32 = 1024;
+
+/// How long a stopping node waits for its "leaving" gossip to go out.
+const LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+/// What a gateway starts from.
+pub struct Launch {
+    pub plan: Plan,
+    /// The config file, watched for hot reload; `None` = built-in defaults.
+    pub config_path: Option<PathBuf>,
+    /// Command-line overrides, applied to every reloaded version of the file too.
+    pub overrides: Overrides,
+    /// An already-bound listener (tests bind `127.0.0.1:0`); `None` = bind
+    /// `server.listen`.
+    pub listener: Option<TcpListener>,
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start gossip on {addr}: {source}")]
+    Gossip {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("watching the plugin folder {dir}: {source}")]
+    PluginWatch { dir: PathBuf, source: notify::Error },
+    #[error("watching the config file {path}: {source}")]
+    ConfigWatch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+/// A started gateway, not yet serving.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    /// The address actually bound.
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    cluster: Option<JoinHandle<()>>,
+    _plugin_watcher: PluginWatcher,
+    _config_watcher: Option<ConfigWatcher>,
+}
+
+/// Starts everything but the accept loop.
+pub async fn start(launch: Launch) -> Result<Running, StartError> {
+    let Launch {
+        plan,
+        config_path,
+        overrides,
+        listener,
+    } = launch;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => bind(plan.listen).map_err(|source| StartError::Listen {
+            addr: plan.listen,
+            source,
+        })?,
+    };
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: plan.listen,
+        source,
+    })?;
+    let plugin_dir = plan.config.plugins.dir.clone();
+    let cluster_settings = plan.cluster.clone();
+    let gateway = Gateway::new(plan, addr);
+    let cluster = match cluster_settings {
+        Some(settings) => {
+            if settings.advertise.is_none() && settings.gossip_listen.ip().is_unspecified() {
+                tracing::warn!(
+                    "cluster.advertise not set: other nodes are told 127.0.0.1 (single-host clusters only)"
+                );
+            }
+            let gossip = settings.gossip_listen;
+            let (view, task) =
+                cluster::start(gateway.clone(), settings)
+                    .await
+                    .map_err(|source| StartError::Gossip {
+                        addr: gossip,
+                        source,
+                    })?;
+            let _ = gateway.cluster.set(view);
+            Some(task)
+        }
+        None => None,
+    };
+    plugins::watch::load_all(&gateway, &plugin_dir).await;
+    let plugin_watcher = plugins::watch::watch(gateway.clone(), &plugin_dir).map_err(|source| {
+        StartError::PluginWatch {
+            dir: plugin_dir.clone(),
+            source,
+        }
+    })?;
+    let config_watcher =
+        match &config_path {
+            Some(path) => Some(reload::watch(path, gateway.clone(), overrides).map_err(
+                |source| StartError::ConfigWatch {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+    tracing::info!(listen = %addr, config = ?config_path, "fluxgate listening");
+    Ok(Running {
+        gateway,
+        addr,
+        listener,
+        cluster,
+        _plugin_watcher: plugin_watcher,
+        _config_watcher: config_watcher,
+    })
+}
+
+impl Running {
+    /// Serves until `shutdown` completes, drains in-flight requests, then tells the
+    /// cluster this node is leaving (so peers see "left", not wait to declare it dead).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Running {
+            gateway,
+            listener,
+            cluster,
+            ..
+        } = self;
+        crate::run(listener, gateway.clone(), shutdown).await?;
+        if let (Some(view), Some(mut task)) = (gateway.cluster.get(), cluster) {
+            view.leave();
+            if tokio::time::timeout(LEAVE_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The HTTP listener, with a deep accept backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(sockets::listen_tcp(addr, BACKLOG)?)
+}
