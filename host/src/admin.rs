@@ -63,8 +63,26 @@ fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
             "routes": snapshot.routes.len(),
             "upstreams": snapshot.upstreams.len(),
         },
+        "plugins": plugins(gateway),
     });
     json_response(StatusCode::OK, &body)
+}
+
+/// The plugins in force: name, version, file digest and breaker state.
+fn plugins(gateway: &Gateway) -> Vec<serde_json::Value> {
+    let mut loaded = gateway.plugins.loaded();
+    loaded.sort_by(|a, b| a.name.cmp(&b.name));
+    loaded
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": &*v.name,
+                "version": v.version,
+                "digest": v.digest,
+                "breaker": gateway.plugins.breaker_state(&v.name).map_or("closed", |b| b.as_str()),
+            })
+        })
+        .collect()
 }
 
 /// `GET /api/v1/upstreams`: every group and target with its health, breaker state,
@@ -118,6 +136,14 @@ fn refresh_target_gauges(gateway: &Gateway, snapshot: &Snapshot) {
     let m = &gateway.metrics;
     m.target_healthy.reset();
     m.breaker_state.reset();
+    m.plugin_breaker_state.reset();
+    for version in gateway.plugins.loaded() {
+        if let Some(state) = gateway.plugins.breaker_state(&version.name) {
+            m.plugin_breaker_state
+                .with_label_values(&[&*version.name])
+                .set(state.gauge());
+        }
+    }
     let now = Instant::now();
     for group in snapshot.upstreams.values() {
         for t in &group.targets {

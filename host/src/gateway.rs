@@ -23,6 +23,23 @@ use crate::snapshot::{self as build, PolicyState};
 pub use crate::snapshot::{Route, Snapshot};
 use crate::upstream::UpstreamState;
 
+/// What became of a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginLoad {
+    Loaded,
+    /// The same file as the version in force.
+    Unchanged,
+    Rejected,
+    /// Rejected for a reason that may pass (no instance free): worth another try.
+    RejectedForNow,
+}
+
+impl PluginLoad {
+    pub fn is_transient(self) -> bool {
+        self == PluginLoad::RejectedForNow
+    }
+}
+
 /// Shared by every connection and the reload watcher.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
@@ -77,8 +94,10 @@ impl Gateway {
             &BTreeMap::new(),
         );
         metrics.config_generation.set(1);
+        let plugins = PluginHost::default();
+        plugins.configure(build::host_settings(&snapshot.config().plugins));
         Arc::new(Self {
-            plugins: PluginHost::default(),
+            plugins,
             unrouted_metrics: metrics.for_route("(none)"),
             admin_metrics: metrics.for_route("(admin)"),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -104,6 +123,8 @@ impl Gateway {
     /// Returns the new generation.
     pub fn apply(&self, plan: Plan) -> u64 {
         warn_on_restart_only_changes(self.snapshot.load().config(), &plan.config);
+        self.plugins
+            .configure(build::host_settings(&plan.config.plugins));
         self.rebuild(Arc::new(plan))
     }
 
@@ -198,13 +219,13 @@ impl Gateway {
 
     /// Compiles (on the blocking pool) and initialises `bytes` as plugin `name` and puts
     /// it in force; on any error the previous version keeps serving.
-    pub async fn load_plugin(&self, name: &str, bytes: Vec<u8>) {
+    pub async fn load_plugin(&self, name: &str, bytes: Vec<u8>) -> PluginLoad {
         if self
             .plugins
             .get(name)
             .is_some_and(|v| v.digest == crate::plugins::registry::digest(&bytes))
         {
-            return;
+            return PluginLoad::Unchanged;
         }
         let size = bytes.len();
         let owned = name.to_owned();
@@ -213,7 +234,7 @@ impl Gateway {
             .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
         let uses = self.snapshot().plugin_uses(name);
         let installed = match compiled {
-            Ok(compiled) => self.plugins.install(compiled, &uses).await,
+            Ok(compiled) => self.plugins.install(compiled, &uses, &self.metrics).await,
             Err(e) => Err(e),
         };
         match installed {
@@ -227,6 +248,7 @@ impl Gateway {
                     .with_label_values(&[name])
                     .set(version.version as i64);
                 tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = size, "plugin loaded");
+                PluginLoad::Loaded
             }
             Err(e) => {
                 self.metrics
@@ -239,6 +261,11 @@ impl Gateway {
                     "the plugin stays unloaded"
                 };
                 tracing::error!(plugin = name, "plugin rejected: {e}; {keeping}");
+                if e.is_transient() {
+                    PluginLoad::RejectedForNow
+                } else {
+                    PluginLoad::Rejected
+                }
             }
         }
     }

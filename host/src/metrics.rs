@@ -125,6 +125,10 @@ metrics! {
         ],
         labels = ["plugin", "hook"]
     ),
+    /// Plugin log lines dropped over the per-call bound
+    plugin_log_dropped: IntCounterVec("plugin_log_lines_dropped_total", labels = ["plugin"]),
+    /// Plugin breaker state: 0 closed, 1 half-open, 2 open
+    plugin_breaker_state: IntGaugeVec("plugin_breaker_state", labels = ["plugin"]),
     /// Version number of each loaded plugin (0 = removed)
     plugin_version: IntGaugeVec("plugin_version", labels = ["plugin"]),
     /// Plugin file loads by plugin and result

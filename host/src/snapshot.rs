@@ -13,7 +13,8 @@ use crate::config::{CacheConfig, Config, PluginRef, PluginsConfig};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plan::{Plan, RoutePlan};
-use crate::plugins::{ChainEntry, Limits};
+use crate::plugins::gate::BreakerLimits;
+use crate::plugins::{ChainEntry, HostSettings, Limits};
 use crate::policy::rate_limit::{KeyedLimiter, LimitSpec, Limiter};
 use crate::policy::response_cache::ResponseCache;
 use crate::policy::{RoutePolicies, UserLimit};
@@ -193,12 +194,33 @@ fn build_route(
     }
 }
 
-fn chain(refs: &[PluginRef], settings: &PluginsConfig, metrics: &Metrics) -> Vec<ChainEntry> {
-    let limits = Limits {
+/// The limits every call of a plugin runs under, from `[plugins]`.
+pub fn plugin_limits(settings: &PluginsConfig) -> Limits {
+    Limits {
         timeout_ms: settings.timeout_ms,
         memory_bytes: (settings.memory_limit_mb as usize) << 20,
         max_idle: settings.max_idle_instances,
-    };
+        max_concurrent: settings.max_concurrent_calls,
+        max_instances: settings.max_instances,
+        max_idle_bytes: (settings.max_idle_mb as usize) << 20,
+        max_body: settings.max_body_bytes,
+    }
+}
+
+/// The settings that apply to each plugin as a whole, from `[plugins]`.
+pub fn host_settings(settings: &PluginsConfig) -> HostSettings {
+    HostSettings {
+        kv_max_bytes: settings.kv_max_mb << 20,
+        breaker: BreakerLimits {
+            failures: settings.breaker.failures,
+            window: std::time::Duration::from_millis(settings.breaker.window_ms),
+            open_for: std::time::Duration::from_millis(settings.breaker.open_ms),
+        },
+    }
+}
+
+fn chain(refs: &[PluginRef], settings: &PluginsConfig, metrics: &Metrics) -> Vec<ChainEntry> {
+    let limits = plugin_limits(settings);
     refs.iter()
         .map(|r| {
             // A TOML table always serialises to JSON.

@@ -76,8 +76,49 @@ pub struct PluginsConfig {
     pub max_body_bytes: usize,
     /// Warm instances kept per plugin version and config.
     pub max_idle_instances: usize,
+    /// Calls of one plugin running at once (a call only overlaps another when it runs
+    /// past an epoch tick); more fail fast with `on_error`.
+    pub max_concurrent_calls: usize,
+    /// Instances of one plugin alive at once, across its versions and configs.
+    pub max_instances: usize,
+    /// Linear memory one plugin's idle instances may keep, in MiB.
+    pub max_idle_mb: u64,
+    /// Bytes one plugin's key-value store may hold, in MiB.
+    pub kv_max_mb: u64,
+    /// Largest plugin file read from the folder, in MiB.
+    pub max_file_mb: u64,
+    /// When a plugin whose calls keep failing is short-circuited.
+    pub breaker: PluginBreakerConfig,
     /// Chain run on every routed request, before the route's own chain.
     pub global: Vec<PluginRef>,
+}
+
+impl PluginsConfig {
+    /// `max_file_mb` in bytes.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_mb.saturating_mul(1 << 20)
+    }
+}
+
+/// `plugins.breaker`: a plugin whose calls time out, trap, run out of memory or break
+/// the output rules `failures` times within `window_ms` is not called for `open_ms`
+/// (its routes answer per `on_error`); then one trial call decides.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginBreakerConfig {
+    pub failures: u32,
+    pub window_ms: u64,
+    pub open_ms: u64,
+}
+
+impl Default for PluginBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            window_ms: 10_000,
+            open_ms: 5_000,
+        }
+    }
 }
 
 impl Default for PluginsConfig {
@@ -89,6 +130,12 @@ impl Default for PluginsConfig {
             on_error: OnError::Deny,
             max_body_bytes: 1024 * 1024,
             max_idle_instances: 32,
+            max_concurrent_calls: 4,
+            max_instances: 64,
+            max_idle_mb: 64,
+            kv_max_mb: 16,
+            max_file_mb: 64,
+            breaker: PluginBreakerConfig::default(),
             global: Vec::new(),
         }
     }

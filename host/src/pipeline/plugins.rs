@@ -1,9 +1,12 @@
 //! Phases 6 and 12 on a route with plugins: on-request hooks (which may edit the
 //! request or answer it) before the upstream phases, on-response hooks in reverse
-//! chain order after them. Bodies are buffered only for plugins that asked, up to
+//! chain order after them.
+//!
+//! The request and the answer are lent to the plugins (moved into their stores for a
+//! call and back, never copied header by header); a plugin reads only what it asks
+//! for. Bodies are buffered only for plugins that declared them, up to
 //! `plugins.max_body_bytes`.
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
@@ -11,15 +14,14 @@ use super::{Exchange, Step};
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::Route;
-use crate::headers::strip_hop_by_hop;
-use crate::plugins::bindings as wit;
-use crate::plugins::{Chain, Entries, OnRequest, convert};
+use crate::plugins::{Chain, Entries, OnRequest, RequestState, ResponseState};
 
 /// A request's plugin state between its on-request and on-response hooks: the chain,
-/// and the request as the plugins left it (on-response hooks see it).
+/// and the request as the plugins left it (on-response hooks read it, and their
+/// stashes live in it).
 pub(super) struct Seen {
     chain: Chain,
-    request: wit::Request,
+    request: RequestState,
 }
 
 fn entries<'a>(ex: &'a Exchange, route: &'a Route) -> Entries<'a> {
@@ -62,41 +64,60 @@ pub(super) async fn on_request(
     } else {
         None
     };
-    let client_ip = ex.peer.forwarded_for.to_str().unwrap_or("unknown");
-    let mut wreq = convert::request_to_wit(
-        &parts,
-        &ex.path,
-        client_ip,
-        &route.metrics.label,
-        &ex.params,
-        buffered.as_ref(),
-    );
+    let mut state = RequestState {
+        method: parts.method.clone(),
+        path: std::mem::take(&mut ex.path),
+        query: parts.uri.query().map(str::to_owned),
+        headers: std::mem::take(&mut parts.headers),
+        client_ip: ex.peer.forwarded_for.clone(),
+        route: route.metrics.label.clone(),
+        params: std::mem::take(&mut ex.params),
+        body: buffered,
+        body_replaced: false,
+        target_edited: false,
+        stashes: vec![None; chain.len()],
+    };
     if chain.has_on_request() {
         let entries = entries(ex, route);
-        if let OnRequest::Respond { response, ran } = chain.on_request(entries, &mut wreq).await? {
-            let mut wresp = wit::Response {
-                status: response.status,
-                headers: response.headers,
-                body: Some(response.body),
-            };
-            chain.on_response(entries, ran, &wreq, &mut wresp).await?;
-            return Ok(Step::Answer(response_from_wit(wresp, None, None)?));
-        }
-        write_back(
-            &mut parts,
-            &mut body,
-            &mut wreq,
-            &ex.path,
-            buffered.as_ref(),
-        )?;
-        if wreq.path != ex.path {
-            ex.path.clone_from(&wreq.path);
+        if let OnRequest::Respond { mut response, ran } =
+            chain.on_request(entries, &mut state).await?
+        {
+            chain
+                .on_response(entries, ran, &mut state, &mut response)
+                .await?;
+            return Ok(Step::Answer(into_response(response, None, None)));
         }
     }
-    wreq.body = None;
+    // The request goes upstream as the plugins left it; on-response hooks get a copy
+    // of it only when some plugin has one.
+    let keep = chain.has_on_response();
+    parts.headers = if keep {
+        state.headers.clone()
+    } else {
+        std::mem::take(&mut state.headers)
+    };
+    if state.target_edited {
+        let target = match &state.query {
+            Some(q) => format!("{}?{q}", state.path),
+            None => state.path.clone(),
+        };
+        // Checked when the plugin set them; a failure here would be ours.
+        parts.uri = target
+            .parse()
+            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    }
+    if state.body_replaced {
+        body = GatewayBody::full(state.body.take().unwrap_or_default());
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    ex.path = if keep {
+        state.path.clone()
+    } else {
+        std::mem::take(&mut state.path)
+    };
     let seen = Box::new(Seen {
         chain,
-        request: wreq,
+        request: state,
     });
     Ok(Step::Next((Request::from_parts(parts, body), seen)))
 }
@@ -109,7 +130,7 @@ pub(super) async fn on_response(
     seen: Box<Seen>,
     response: Response<GatewayBody>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let Seen { chain, request } = *seen;
+    let Seen { chain, mut request } = *seen;
     // A 101 means the WebSocket tunnel is already up: its upgrade headers must reach
     // the client as they are, so on-response hooks do not run on it.
     if response.status() == StatusCode::SWITCHING_PROTOCOLS || !chain.has_on_response() {
@@ -117,7 +138,8 @@ pub(super) async fn on_response(
     }
     let max_body = ex.snapshot.config().plugins.max_body_bytes;
     let (parts, body) = response.into_parts();
-    let (body, buffered) = if chain.wants_response_body() {
+    let length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+    let (streamed, buffered) = if chain.wants_response_body() {
         let bytes = body::read_up_to(body, max_body)
             .await
             .map_err(|_| GatewayError::UpstreamFailed {
@@ -128,80 +150,44 @@ pub(super) async fn on_response(
     } else {
         (Some(body), None)
     };
-    let mut wresp = convert::response_to_wit(&parts, buffered.as_ref());
+    let mut state = ResponseState {
+        status: parts.status,
+        headers: parts.headers,
+        body: buffered,
+        body_replaced: false,
+    };
     chain
-        .on_response(entries(ex, route), chain.len(), &request, &mut wresp)
+        .on_response(entries(ex, route), chain.len(), &mut request, &mut state)
         .await?;
-    response_from_wit(
-        wresp,
-        body,
-        parts.headers.get(header::CONTENT_LENGTH).cloned(),
-    )
+    Ok(into_response(state, streamed, length))
 }
 
-/// Puts the plugins' view of the request back into the HTTP request: headers, path and
-/// query, body. Framing stays the gateway's: Content-Length is the client's unless a
-/// plugin replaced the body.
-fn write_back(
-    parts: &mut http::request::Parts,
-    body: &mut GatewayBody,
-    wreq: &mut wit::Request,
-    path: &str,
-    buffered: Option<&Bytes>,
-) -> Result<(), GatewayError> {
-    let original_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
-    parts.headers = convert::headers_from_wit(&wreq.headers).map_err(plugin_output)?;
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body_replaced = wreq.body.is_some() && wreq.body.as_deref() != buffered.map(|b| b.as_ref());
-    if body_replaced {
-        *body = GatewayBody::full(wreq.body.take().unwrap_or_default());
-    } else if let Some(length) = original_length {
-        parts.headers.insert(header::CONTENT_LENGTH, length);
-    }
-    if wreq.path != path || wreq.query.as_deref() != parts.uri.query() {
-        let target = match &wreq.query {
-            Some(q) => format!("{}?{q}", wreq.path),
-            None => wreq.path.clone(),
-        };
-        parts.uri = target
-            .parse()
-            .map_err(|_| plugin_output(convert::InvalidEdit("path")))?;
-    }
-    Ok(())
-}
-
-/// Builds the client response from the plugins' view of it. `streamed` is the upstream
-/// body when it was not buffered; it is used unless a plugin replaced the body.
-fn response_from_wit(
-    wresp: wit::Response,
+/// The client's answer from the plugins' view of it. `streamed` is the upstream body
+/// when it was not buffered; it goes on (with its length) unless a plugin replaced it.
+fn into_response(
+    state: ResponseState,
     streamed: Option<GatewayBody>,
     streamed_length: Option<HeaderValue>,
-) -> Result<Response<GatewayBody>, GatewayError> {
-    let mut headers = convert::headers_from_wit(&wresp.headers).map_err(plugin_output)?;
-    strip_hop_by_hop(&mut headers);
+) -> Response<GatewayBody> {
+    let ResponseState {
+        status,
+        mut headers,
+        body,
+        body_replaced,
+    } = state;
+    // Framing is the gateway's: the length comes from the body that is sent.
     headers.remove(header::CONTENT_LENGTH);
-    let body = match (wresp.body, streamed) {
-        (Some(bytes), _) => GatewayBody::full(bytes),
-        (None, Some(body)) => {
+    let body = match (body_replaced, streamed) {
+        (false, Some(streamed)) => {
             if let Some(length) = streamed_length {
                 headers.insert(header::CONTENT_LENGTH, length);
             }
-            body
+            streamed
         }
-        (None, None) => GatewayBody::empty(),
+        _ => GatewayBody::full(body.unwrap_or_default()),
     };
     let mut response = Response::new(body);
-    *response.status_mut() = http::StatusCode::from_u16(wresp.status)
-        .map_err(|_| plugin_output(convert::InvalidEdit("status")))?;
+    *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(response)
-}
-
-/// Plugin output that passed the per-plugin checks but still cannot be sent.
-fn plugin_output(e: convert::InvalidEdit) -> GatewayError {
-    tracing::warn!("{e}");
-    GatewayError::Plugin {
-        plugin: "(chain)".to_owned(),
-        kind: "invalid_output",
-    }
+    response
 }

@@ -7,6 +7,7 @@ use http::Request;
 
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
+use crate::paths;
 
 /// Phase 1 — limits. Runs first: refuses request targets and header sections larger
 /// than the `[server]` limits (hyper has already enforced the header count and the
@@ -36,41 +37,7 @@ pub(super) fn check_limits<B>(req: &Request<B>, server: &ServerConfig) -> Result
 /// so a route cannot be escaped with `/public/../admin`; a path climbing above `/` is
 /// refused. Returns the path routes are matched against and the upstream receives.
 pub(super) fn normalise_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
-    if !path.starts_with('/') {
-        return Err(GatewayError::BadRequest("request path must start with '/'"));
-    }
-    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
-    let is_dotdot = |s: &str| {
-        s.len() >= 2
-            && s.len() <= 6
-            && matches!(
-                s.to_ascii_lowercase().as_str(),
-                ".." | ".%2e" | "%2e." | "%2e%2e"
-            )
-    };
-    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
-        return Ok(Cow::Borrowed(path));
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, segment) in segments.iter().enumerate() {
-        if is_dot(segment) {
-            if i == last {
-                out.push("");
-            }
-        } else if is_dotdot(segment) {
-            if out.pop().is_none() {
-                return Err(GatewayError::BadRequest("request path climbs above '/'"));
-            }
-            if i == last {
-                out.push("");
-            }
-        } else {
-            out.push(segment);
-        }
-    }
-    Ok(Cow::Owned(format!("/{}", out.join("/"))))
+    paths::normalise(path).map_err(GatewayError::BadRequest)
 }
 
 #[cfg(test)]

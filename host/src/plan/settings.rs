@@ -184,5 +184,22 @@ pub(super) fn check_plugins(config: &Config, out: &mut Vec<Problem>) {
             "must be at most 256",
         ));
     }
+    for (key, value, max) in [
+        ("max_concurrent_calls", p.max_concurrent_calls as u64, 1024),
+        ("max_instances", p.max_instances as u64, 4096),
+        ("max_idle_mb", p.max_idle_mb, 65_536),
+        ("kv_max_mb", p.kv_max_mb, 65_536),
+        ("max_file_mb", p.max_file_mb, 1024),
+        ("breaker.failures", u64::from(p.breaker.failures), 1_000_000),
+        ("breaker.window_ms", p.breaker.window_ms, 86_400_000),
+        ("breaker.open_ms", p.breaker.open_ms, 86_400_000),
+    ] {
+        if value == 0 || value > max {
+            out.push(Problem::new(
+                format!("plugins.{key}"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+    }
     check_plugin_refs("plugins.global", &p.global, out);
 }

@@ -3,12 +3,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
-    additional_derives: [PartialEq],
-    // Exports are called with `call_async`: WASI's async host functions then run on
-    // our tokio runtime, and a long call yields at every epoch tick.
+    // Exports are called with `call_async`: at every epoch tick a running call yields
+    // to the runtime, so a plugin that spins shares the worker instead of holding it.
     exports: { default: async },
+    // Host imports that can refuse (an edit breaking a rule) trap the call.
+    imports: { default: trappable },
 });
 
-// The world's `use types.{...}` already puts request, response, request-action,
-// response-edits and plugin-info at this module's root; these are the rest.
-pub use fluxgate::plugin::types::{DirectResponse, Header, LogLevel, RequestEdits};
+// The world's `use types.{...}` already puts request, response, request-action and
+// plugin-info at this module's root; these are the rest.
+pub use fluxgate::plugin::types::{DirectResponse, LogLevel};

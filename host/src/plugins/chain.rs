@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::bindings::{PluginInfo, Request, RequestAction, Response};
-use super::convert::{self, InvalidEdit};
+use super::bindings::PluginInfo;
+use super::message::{RequestState, ResponseState};
 use super::pool::{CallError, InstancePool};
 use super::registry::{ChainEntry, PluginHost};
 use crate::config::OnError;
@@ -79,10 +79,7 @@ pub enum OnRequest {
     /// Forward the (edited) request.
     Continue,
     /// A plugin answered; `ran` plugins before it get their on-response.
-    Respond {
-        response: super::bindings::DirectResponse,
-        ran: usize,
-    },
+    Respond { response: ResponseState, ran: usize },
 }
 
 impl Chain {
@@ -135,40 +132,22 @@ impl Chain {
         self.steps.iter().any(|s| s.info.on_response)
     }
 
-    /// Runs on-request hooks in order; each plugin sees the edits of those before it.
+    /// Runs on-request hooks in order; each plugin sees the edits of those before it,
+    /// and a plugin's edits apply only if its call ends normally.
     pub async fn on_request(
         &self,
         entries: Entries<'_>,
-        req: &mut Request,
+        req: &mut RequestState,
     ) -> Result<OnRequest, PluginFailure> {
         for (i, step) in self.steps.iter().enumerate() {
             if !step.info.on_request {
                 continue;
             }
-            // Only plugins that asked see the body; keep it aside meanwhile.
-            let hidden = if step.info.request_body {
-                None
-            } else {
-                req.body.take()
-            };
-            let started = Instant::now();
             let entry = entries.get(step.index);
-            let result = step.pool.on_request(req).await;
-            let result = self.called(entry, Hook::OnRequest, started, result);
-            if hidden.is_some() {
-                req.body = hidden;
-            }
-            match result? {
-                Some(RequestAction::Continue(edits)) => {
-                    if let Err(e) = convert::apply_request_edits(req, edits) {
-                        self.invalid(entry, e)?;
-                    }
-                }
-                Some(RequestAction::Respond(response)) => match convert::check_direct(&response) {
-                    Ok(()) => return Ok(OnRequest::Respond { response, ran: i }),
-                    Err(e) => self.invalid(entry, e)?,
-                },
-                None => {}
+            let started = Instant::now();
+            let result = step.pool.on_request(i, req).await;
+            if let Some(Some(response)) = self.called(entry, Hook::OnRequest, started, result)? {
+                return Ok(OnRequest::Respond { response, ran: i });
             }
         }
         Ok(OnRequest::Continue)
@@ -179,30 +158,18 @@ impl Chain {
         &self,
         entries: Entries<'_>,
         ran: usize,
-        req: &Request,
-        resp: &mut Response,
+        req: &mut RequestState,
+        resp: &mut ResponseState,
     ) -> Result<(), PluginFailure> {
-        for step in self.steps[..ran.min(self.steps.len())].iter().rev() {
+        let ran = ran.min(self.steps.len());
+        for (i, step) in self.steps[..ran].iter().enumerate().rev() {
             if !step.info.on_response {
                 continue;
             }
-            let body = if step.info.response_body {
-                None
-            } else {
-                resp.body.take()
-            };
-            let started = Instant::now();
             let entry = entries.get(step.index);
-            let result = step.pool.on_response(req, resp).await;
-            let result = self.called(entry, Hook::OnResponse, started, result);
-            if let Some(body) = body {
-                resp.body = Some(body);
-            }
-            if let Some(edits) = result?
-                && let Err(e) = convert::apply_response_edits(resp, edits)
-            {
-                self.invalid(entry, e)?;
-            }
+            let started = Instant::now();
+            let result = step.pool.on_response(i, req, resp).await;
+            self.called(entry, Hook::OnResponse, started, result)?;
         }
         Ok(())
     }
@@ -221,16 +188,20 @@ impl Chain {
             Err(error) => failed(entry, error, self.on_error).map(|()| None),
         }
     }
-
-    fn invalid(&self, entry: &ChainEntry, e: InvalidEdit) -> Result<(), PluginFailure> {
-        failed(entry, CallError::Trap(e.to_string()), self.on_error)
-    }
 }
 
 /// Counts and logs a failure; `Err` when it must fail the request.
 fn failed(entry: &ChainEntry, error: CallError, on_error: OnError) -> Result<(), PluginFailure> {
     entry.metrics.error(error.kind());
+    // Refusals at the door come in floods when a plugin is broken or overloaded: the
+    // breaker logs its transitions and the metric counts them; a line each is noise.
+    let quiet = matches!(error, CallError::Busy | CallError::CircuitOpen);
     match on_error {
+        OnError::Allow if quiet => Ok(()),
+        OnError::Deny if quiet => Err(PluginFailure {
+            plugin: entry.name.clone(),
+            error,
+        }),
         OnError::Allow => {
             tracing::warn!(
                 plugin = &*entry.name,

@@ -1,19 +1,26 @@
-//! The per-plugin key-value store: TTLs, atomic increments, bounded size.
+//! The per-plugin key-value store: TTLs, atomic increments, bounded in bytes.
+//!
+//! Built on moka: the bound is a weight (key + value + overhead bytes) enforced by
+//! amortised, concurrent eviction, so no write holds a lock over the whole store (a
+//! plugin writing unique keys as fast as it can only ever evicts its own old entries).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
+use moka::sync::Cache;
 use tokio::time::Instant;
 
 /// Longest key and value a plugin may store.
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// What an entry costs beyond its key and value (moka's node, our header).
+const ENTRY_OVERHEAD: usize = 96;
 
 #[derive(Debug)]
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
+    ttl: Option<Duration>,
 }
 
 impl Entry {
@@ -22,13 +29,43 @@ impl Entry {
     }
 }
 
+/// Lets moka reclaim an entry once its TTL passed (reads check the TTL themselves on
+/// the tokio clock, so paused-time tests see it exactly).
+struct EntryTtl;
+
+impl moka::Expiry<String, Arc<Entry>> for EntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &Arc<Entry>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &Arc<Entry>,
+        _now: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+}
+
 /// One plugin's store, shared by all its instances (and kept across plugin versions).
-/// Bounded: when full, expired entries are swept, then the entry closest to expiry (or
-/// an arbitrary one without TTL) is evicted, so memory stays flat whatever plugins do.
-#[derive(Debug)]
 pub struct KvStore {
-    entries: Mutex<HashMap<String, Entry>>,
-    max_entries: usize,
+    entries: Cache<String, Arc<Entry>>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish()
+    }
 }
 
 /// Why a write was refused.
@@ -41,28 +78,27 @@ pub enum KvError {
 }
 
 impl KvStore {
-    pub fn new(max_entries: usize) -> Self {
+    /// A store that holds at most `max_bytes` of keys, values and overhead.
+    pub fn new(max_bytes: u64) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
-            max_entries: max_entries.max(1),
+            entries: Cache::builder()
+                .max_capacity(max_bytes.max(1))
+                .weigher(|key: &String, entry: &Arc<Entry>| {
+                    u32::try_from(key.len() + entry.value.len() + ENTRY_OVERHEAD)
+                        .unwrap_or(u32::MAX)
+                })
+                .expire_after(EntryTtl)
+                .build(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock cannot leave an entry half-written.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        let mut entries = self.lock();
-        match entries.get(key) {
-            Some(e) if e.live(now) => Some(e.value.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
+        let entry = self.entries.get(key)?;
+        if entry.live(Instant::now()) {
+            Some(entry.value.clone())
+        } else {
+            self.entries.invalidate(key);
+            None
         }
     }
 
@@ -71,76 +107,70 @@ impl KvStore {
         if value.len() > MAX_VALUE_BYTES {
             return Err(KvError::ValueTooLong);
         }
-        let now = Instant::now();
-        let mut entries = self.lock();
-        self.make_room(&mut entries, key, now);
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                value,
-                expires: ttl.map(|t| now + t),
-            },
-        );
+        self.entries
+            .insert(key.to_owned(), Arc::new(entry(value, ttl, Instant::now())));
         Ok(())
     }
 
     pub fn delete(&self, key: &str) -> bool {
-        let now = Instant::now();
-        self.lock().remove(key).is_some_and(|e| e.live(now))
+        self.entries
+            .remove(key)
+            .is_some_and(|e| e.live(Instant::now()))
     }
 
-    /// Adds `delta` to the counter at `key` (stored as decimal text, so `get` reads it; a
-    /// missing, expired or non-numeric value counts as 0) and returns the new value. `ttl` is set only when
-    /// the counter is created.
+    /// Adds `delta` to the counter at `key` (stored as decimal text, so `get` reads it;
+    /// a missing, expired or non-numeric value counts as 0) and returns the new value.
+    /// `ttl` is set only when the counter is created. Atomic per key.
     pub fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         check_key(key)?;
         let now = Instant::now();
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(key)
-            && entry.live(now)
-        {
-            let current = std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|text| text.trim().parse::<i64>().ok())
-                .unwrap_or(0);
-            let next = current.saturating_add(delta);
-            entry.value = next.to_string().into_bytes();
-            return Ok(next);
-        }
-        self.make_room(&mut entries, key, now);
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                value: delta.to_string().into_bytes(),
-                expires: ttl.map(|t| now + t),
-            },
-        );
-        Ok(delta)
+        let mut next = delta;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let current = current.map(|e| e.into_value()).filter(|e| e.live(now));
+                let (value, expires, ttl) = match &current {
+                    Some(entry) => {
+                        let count = std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|text| text.trim().parse::<i64>().ok())
+                            .unwrap_or(0);
+                        next = count.saturating_add(delta);
+                        (next, entry.expires, entry.expires.map(|at| at - now))
+                    }
+                    None => (delta, ttl.map(|t| now + t), ttl),
+                };
+                moka::ops::compute::Op::Put(Arc::new(Entry {
+                    value: value.to_string().into_bytes(),
+                    expires,
+                    ttl,
+                }))
+            });
+        Ok(next)
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// Entries held now (after pending evictions run).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn make_room(&self, entries: &mut HashMap<String, Entry>, key: &str, now: Instant) {
-        if entries.len() < self.max_entries || entries.contains_key(key) {
-            return;
-        }
-        entries.retain(|_, e| e.live(now));
-        if entries.len() < self.max_entries {
-            return;
-        }
-        let victim = entries
-            .iter()
-            .min_by_key(|(_, e)| e.expires.map_or((1, now), |at| (0, at)))
-            .map(|(k, _)| k.clone());
-        if let Some(victim) = victim {
-            entries.remove(&victim);
-        }
+    /// Bytes held now (keys, values and per-entry overhead).
+    pub fn bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+fn entry(value: Vec<u8>, ttl: Option<Duration>, now: Instant) -> Entry {
+    Entry {
+        value,
+        expires: ttl.map(|t| now + t),
+        ttl,
     }
 }
 
@@ -158,7 +188,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn values_expire_after_their_ttl() {
-        let kv = KvStore::new(10);
+        let kv = KvStore::new(1 << 20);
         kv.set("a", b"1".to_vec(), Some(Duration::from_secs(5)))
             .unwrap();
         kv.set("forever", b"2".to_vec(), None).unwrap();
@@ -172,7 +202,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn incr_counts_atomically_and_restarts_after_expiry() {
-        let kv = KvStore::new(10);
+        let kv = KvStore::new(1 << 20);
         assert_eq!(kv.incr("c", 1, Some(Duration::from_secs(1))), Ok(1));
         assert_eq!(kv.incr("c", 5, Some(Duration::from_secs(100))), Ok(6));
         tokio::time::advance(Duration::from_millis(1500)).await;
@@ -192,26 +222,40 @@ mod tests {
         assert_eq!(kv.incr("n", 2, None), Ok(42));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_store_stays_bounded_evicting_expired_then_soonest() {
-        let kv = KvStore::new(3);
-        kv.set("short", vec![], Some(Duration::from_secs(1)))
-            .unwrap();
-        kv.set("long", vec![], Some(Duration::from_secs(100)))
-            .unwrap();
-        kv.set("none", vec![], None).unwrap();
-        kv.set("new", vec![], None).unwrap();
-        assert_eq!(kv.len(), 3);
-        assert_eq!(kv.get("short"), None, "soonest to expire went first");
-        for i in 0..1000 {
-            kv.incr(&format!("flood-{i}"), 1, None).unwrap();
+    #[test]
+    fn concurrent_increments_are_not_lost() {
+        let kv = Arc::new(KvStore::new(1 << 20));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        kv.incr("n", 1, None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
-        assert_eq!(kv.len(), 3);
+        assert_eq!(kv.get("n"), Some(b"2000".to_vec()));
+    }
+
+    #[test]
+    fn the_store_stays_within_its_bytes_whatever_is_written() {
+        let max = 256 * 1024;
+        let kv = KvStore::new(max);
+        for i in 0..20_000 {
+            kv.set(&format!("flood-{i}"), vec![7; 1000], None).unwrap();
+        }
+        let held = kv.bytes();
+        assert!(held <= max, "{held} bytes held, bound {max}");
+        assert!(kv.len() > 100, "the store still holds recent entries");
     }
 
     #[test]
     fn oversized_keys_and_values_are_refused() {
-        let kv = KvStore::new(3);
+        let kv = KvStore::new(1 << 20);
         assert_eq!(
             kv.set(&"k".repeat(2000), vec![], None),
             Err(KvError::KeyTooLong)

@@ -1,24 +1,31 @@
 //! WebAssembly plugins: user logic at the request and response hooks.
 //!
-//! - `bindings`  generated from wit/plugin.wit (the contract)
-//! - `runtime`   the process-wide engine (pooling allocator, epoch deadlines) and the
-//!   store state: memory limit, WASI with nothing granted, host imports
+//! - `bindings`  generated from wit/plugin.wit (the contract, `fluxgate:plugin@0.2`)
+//! - `runtime`   the process-wide engine (epoch deadlines) and the store state: memory
+//!   limit, WASI with nothing granted, the call an instance is working on
+//! - `message`   the request and response a call works on, the edits it makes
+//!   (applied only when it ends normally) and the rules they are checked against
+//! - `host_api`  the handles' methods and the host imports (log, kv, clock), bounded
+//!   per call
 //! - `kv`        the per-plugin key-value store behind the `kv-*` imports
+//! - `gate`      per plugin: calls at once, instance and idle-memory budgets, breaker
 //! - `pool`      warm instances per plugin version and config; calls under limits
 //! - `registry`  which version of each plugin is in force (ArcSwap), loading/unloading
 //! - `chain`     running a route's chain: on-request in order, on-response reversed
-//! - `convert`   HTTP <-> WIT records, and checks on what plugins return
-//! - `watch`     the watched plugin folder
+//! - `watch`     the watched plugin folder (untrusted: regular files only, size cap)
 
 pub mod bindings;
 pub mod chain;
-pub mod convert;
+pub mod gate;
+pub mod host_api;
 pub mod kv;
+pub mod message;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod watch;
 
 pub use chain::{Chain, Entries, OnRequest, PluginFailure};
+pub use message::{RequestState, ResponseState};
 pub use pool::{CallError, Limits};
-pub use registry::{ChainEntry, PluginHost};
+pub use registry::{ChainEntry, HostSettings, PluginHost};

@@ -1,23 +1,52 @@
 //! Warm instances of one plugin version with one config: checked out per hook call,
 //! returned after a clean call, dropped after a failure (so a broken instance never
-//! serves again).
+//! serves again). Every call runs under the plugin's gate, a running-time deadline and
+//! a memory limit.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{
-    Plugin, PluginInfo, PluginPre, Request, RequestAction, Response, ResponseEdits,
-};
-use super::runtime::{PluginShared, Runtime, StoreState};
+use super::bindings::{Plugin, PluginInfo, PluginPre, RequestAction};
+use super::gate::PluginGate;
+use super::host_api::{REQUEST_REP, RESPONSE_REP};
+use super::message::{self, RequestState, ResponseState, Violation};
+use super::runtime::{Call, EPOCH_TICK, PluginShared, Runtime, StoreState, one_line};
 
 /// Limits every call of a pool's instances runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
+    /// Longest a hook may run (its own running time: time spent waiting for the CPU
+    /// does not count).
     pub timeout_ms: u64,
     pub memory_bytes: usize,
+    /// Warm instances kept per pool.
     pub max_idle: usize,
+    /// Calls of one plugin running at once; more fail fast.
+    pub max_concurrent: usize,
+    /// Instances of one plugin alive at once (all versions and configs).
+    pub max_instances: usize,
+    /// Linear-memory bytes of one plugin's idle instances.
+    pub max_idle_bytes: usize,
+    /// Largest body a plugin may set or get.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 50,
+            memory_bytes: 32 << 20,
+            max_idle: 32,
+            max_concurrent: 4,
+            max_instances: 64,
+            max_idle_bytes: 64 << 20,
+            max_body: 1 << 20,
+        }
+    }
 }
 
 /// Why a plugin call did not produce an answer.
@@ -33,8 +62,16 @@ pub enum CallError {
     Memory,
     #[error("plugin trapped: {0}")]
     Trap(String),
+    #[error("plugin broke a rule: {0}")]
+    Invalid(String),
     #[error("plugin could not be instantiated: {0}")]
     Instantiate(String),
+    #[error("plugin has all of its {0} instances in use")]
+    NoInstance(usize),
+    #[error("plugin already runs its most calls at once")]
+    Busy,
+    #[error("plugin is short-circuited after repeated failures (breaker open)")]
+    CircuitOpen,
 }
 
 impl CallError {
@@ -46,26 +83,85 @@ impl CallError {
             CallError::Timeout => "timeout",
             CallError::Memory => "memory",
             CallError::Trap(_) => "trap",
+            CallError::Invalid(_) => "invalid_output",
             CallError::Instantiate(_) => "instantiate",
+            CallError::NoInstance(_) => "no_instance",
+            CallError::Busy => "busy",
+            CallError::CircuitOpen => "circuit_open",
         }
+    }
+
+    /// Failures that say the plugin itself misbehaves (they feed its breaker).
+    pub fn is_plugin_fault(&self) -> bool {
+        matches!(
+            self,
+            CallError::Timeout | CallError::Memory | CallError::Trap(_) | CallError::Invalid(_)
+        )
+    }
+
+    /// Failures that may pass by themselves (a swap rejected for one is retried).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::NoInstance(_) | CallError::Busy)
+    }
+}
+
+/// One instance of the plugin's budget, given back when dropped.
+struct Slot(Arc<PluginGate>);
+
+impl Slot {
+    fn take(gate: &Arc<PluginGate>, limits: &Limits) -> Result<Self, CallError> {
+        gate.reserve_instance(limits)?;
+        Ok(Self(gate.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
 struct Warm {
     store: Store<StoreState>,
     plugin: Plugin,
+    _slot: Slot,
+}
+
+impl Warm {
+    /// Linear memory the instance has grown to.
+    fn memory_bytes(&self) -> usize {
+        self.store.data().memory_size
+    }
 }
 
 /// Instances of one plugin version for one chain-entry config.
 pub struct InstancePool {
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
+    gate: Arc<PluginGate>,
     config_json: Arc<str>,
     limits: Limits,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Warm>>,
     /// What `init` answered (the same for every instance of this version and config).
-    info: Mutex<Option<PluginInfo>>,
+    info: OnceLock<PluginInfo>,
+}
+
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let bytes: usize = idle.iter().map(Warm::memory_bytes).sum();
+        self.gate
+            .idle_bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// What a call is about: the message lent to the plugin and its place in the chain.
+struct Lent<'a> {
+    step: usize,
+    request: &'a mut RequestState,
+    response: Option<&'a mut ResponseState>,
 }
 
 impl InstancePool {
@@ -73,142 +169,276 @@ impl InstancePool {
         runtime: Arc<Runtime>,
         pre: PluginPre<StoreState>,
         shared: Arc<PluginShared>,
+        gate: Arc<PluginGate>,
         config_json: Arc<str>,
         limits: Limits,
     ) -> Self {
         Self {
             pre,
             shared,
+            gate,
             config_json,
             limits,
             runtime,
             idle: Mutex::new(Vec::new()),
-            info: Mutex::new(None),
+            info: OnceLock::new(),
         }
     }
 
     /// The hooks and bodies the plugin asked for (runs `init` on a fresh instance the
     /// first time).
     pub async fn info(&self) -> Result<PluginInfo, CallError> {
-        if let Some(info) = *self.info.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Ok(info);
+        if let Some(info) = self.info.get() {
+            return Ok(*info);
         }
         let warm = self.checkout().await?;
         self.checkin(warm);
         self.info
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .get()
+            .copied()
             .ok_or_else(|| CallError::Init("no plugin info".into()))
     }
 
-    pub async fn on_request(&self, req: &Request) -> Result<RequestAction, CallError> {
-        let mut warm = self.checkout().await?;
-        self.arm(&mut warm.store);
-        let result = warm.plugin.call_on_request(&mut warm.store, req).await;
-        self.finish(warm, result)
+    /// Runs on-request with `request` lent to the plugin. `Ok(Some(answer))` is the
+    /// plugin's (checked) direct answer; with `Ok(None)` the plugin's edits are in
+    /// `request`. On any error `request` is as it was.
+    pub async fn on_request(
+        &self,
+        step: usize,
+        request: &mut RequestState,
+    ) -> Result<Option<ResponseState>, CallError> {
+        let permit = self.gate.admit(&self.limits)?;
+        let result = self
+            .run(
+                Lent {
+                    step,
+                    request,
+                    response: None,
+                },
+                |plugin, store| {
+                    Box::pin(async move {
+                        plugin
+                            .call_on_request(store, Resource::new_borrow(REQUEST_REP))
+                            .await
+                            .map(Some)
+                    })
+                },
+            )
+            .await;
+        let result = result.and_then(|(action, call)| match action {
+            Some(RequestAction::Continue) | None => {
+                call.request_edits.apply(request, step);
+                Ok(None)
+            }
+            Some(RequestAction::Respond(answer)) => message::direct_response(
+                answer.status,
+                answer.headers,
+                answer.body,
+                self.limits.max_body,
+            )
+            .map(Some)
+            .map_err(|v| CallError::Invalid(v.to_string())),
+        });
+        permit.done(&result);
+        result
     }
 
+    /// Runs on-response with the request and the answer lent to the plugin; its edits
+    /// end up in `response` (and nothing changes on error).
     pub async fn on_response(
         &self,
-        req: &Request,
-        resp: &Response,
-    ) -> Result<ResponseEdits, CallError> {
+        step: usize,
+        request: &mut RequestState,
+        response: &mut ResponseState,
+    ) -> Result<(), CallError> {
+        let permit = self.gate.admit(&self.limits)?;
+        let result = self
+            .run(
+                Lent {
+                    step,
+                    request,
+                    response: Some(response),
+                },
+                |plugin, store| {
+                    Box::pin(async move {
+                        plugin
+                            .call_on_response(
+                                store,
+                                Resource::new_borrow(REQUEST_REP),
+                                Resource::new_borrow(RESPONSE_REP),
+                            )
+                            .await
+                            .map(|()| None)
+                    })
+                },
+            )
+            .await
+            .map(|(_, call)| call.response_edits.apply(response));
+        permit.done(&result);
+        result
+    }
+
+    /// One hook call: an instance, the message moved into its store, the clock armed;
+    /// afterwards the message moved back (unedited) and the call's record returned
+    /// with the hook's result for the caller to apply.
+    async fn run<'a>(
+        &self,
+        lent: Lent<'a>,
+        hook: impl for<'s> FnOnce(
+            &'s Plugin,
+            &'s mut Store<StoreState>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<Option<RequestAction>>> + Send + 's>,
+        >,
+    ) -> Result<(Option<RequestAction>, Call), CallError> {
         let mut warm = self.checkout().await?;
-        self.arm(&mut warm.store);
-        let result = warm
-            .plugin
-            .call_on_response(&mut warm.store, req, resp)
-            .await;
-        self.finish(warm, result)
-    }
-
-    /// Starts the clock for one hook call.
-    fn arm(&self, store: &mut Store<StoreState>) {
-        arm_for(store, self.limits.timeout_ms);
-    }
-
-    /// Starts the clock for instantiation plus `init`, which may do more work than a
-    /// hook (parse config, build tables): ten hook budgets, at least 500 ms.
-    fn arm_init(&self, store: &mut Store<StoreState>) {
-        arm_for(store, self.limits.timeout_ms.saturating_mul(10).max(500));
-    }
-
-    fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, CallError> {
-        match result {
-            Ok(r) => {
+        let info = self.info.get().copied().unwrap_or(PluginInfo {
+            on_request: false,
+            on_response: false,
+            request_body: false,
+            response_body: false,
+        });
+        let Lent {
+            step,
+            request,
+            mut response,
+        } = lent;
+        {
+            let call = &mut warm.store.data_mut().call;
+            call.step = step;
+            call.request = std::mem::take(request);
+            call.response = response.as_deref_mut().map(std::mem::take);
+            call.request_body = info.request_body;
+            call.response_body = info.response_body;
+            call.max_body = self.limits.max_body;
+        }
+        arm(&mut warm.store, self.limits.timeout_ms);
+        let outcome = hook(&warm.plugin, &mut warm.store).await;
+        let mut call = std::mem::take(&mut warm.store.data_mut().call);
+        *request = std::mem::take(&mut call.request);
+        if let (Some(response), Some(lent)) = (response, call.response.take()) {
+            *response = lent;
+        }
+        if call.log_dropped > 0 {
+            self.shared.log_dropped.inc_by(u64::from(call.log_dropped));
+        }
+        match outcome {
+            Ok(action) => {
                 self.checkin(warm);
-                Ok(r)
+                Ok((action, call))
             }
             // The instance is dropped here: after a trap its state cannot be trusted.
-            Err(e) => Err(classify(&e, &warm.store)),
+            Err(e) => Err(classify(&e, &warm.store, call.violation.take())),
         }
     }
 
     async fn checkout(&self) -> Result<Warm, CallError> {
-        if let Some(warm) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(warm) = reused {
+            self.gate
+                .idle_bytes
+                .fetch_sub(warm.memory_bytes(), std::sync::atomic::Ordering::AcqRel);
             return Ok(warm);
         }
+        let slot = Slot::take(&self.gate, &self.limits)?;
         let state = StoreState::new(self.shared.clone(), self.limits.memory_bytes);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
-        // At every epoch tick: past the call's deadline, trap; otherwise yield to the
-        // runtime so a long call does not hold the worker thread, and check again next
-        // tick.
-        store.epoch_deadline_callback(|store| {
-            if tokio::time::Instant::now() >= store.data().call_deadline {
+        // At every epoch tick the running call is charged one tick of running time:
+        // past its budget (or the wall-clock safety net) it traps; otherwise it yields
+        // to the runtime, so other requests run, and is checked again next tick.
+        store.epoch_deadline_callback(|mut store| {
+            let call = &mut store.data_mut().call;
+            call.ticks += 1;
+            let late = call
+                .wall_deadline
+                .is_some_and(|deadline| Instant::now() >= deadline);
+            if call.ticks > call.tick_limit || late {
                 Err(Trap::Interrupt.into())
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        self.arm_init(&mut store);
-        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
-            match classify(&e, &store) {
+        // Instantiation plus `init` may do more work than a hook (parse config, build
+        // tables): ten hook budgets, at least 500 ms.
+        arm(&mut store, self.limits.timeout_ms.saturating_mul(10).max(500));
+        let plugin = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| match classify(&e, &store, None) {
                 CallError::Trap(msg) => CallError::Instantiate(msg),
                 other => other,
-            }
-        })?;
-        let info = match plugin.call_init(&mut store, &self.config_json).await {
+            })?;
+        let warm = Warm {
+            store,
+            plugin,
+            _slot: slot,
+        };
+        self.initialise(warm).await
+    }
+
+    async fn initialise(&self, mut warm: Warm) -> Result<Warm, CallError> {
+        let info = match warm
+            .plugin
+            .call_init(&mut warm.store, &self.config_json)
+            .await
+        {
             Ok(Ok(info)) => info,
-            Ok(Err(refusal)) => return Err(CallError::Init(refusal)),
+            Ok(Err(refusal)) => return Err(CallError::Init(one_line(&refusal))),
             Err(e) => {
-                return Err(match classify(&e, &store) {
+                return Err(match classify(&e, &warm.store, None) {
                     CallError::Trap(msg) => CallError::Init(format!("trapped: {msg}")),
                     other => other,
                 });
             }
         };
-        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
-        Ok(Warm { store, plugin })
+        let _ = self.info.set(info);
+        Ok(warm)
     }
 
     fn checkin(&self, warm: Warm) {
+        let bytes = warm.memory_bytes();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.limits.max_idle {
+        if idle.len() >= self.limits.max_idle {
+            return;
+        }
+        let kept = self
+            .gate
+            .idle_bytes
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |held| (held + bytes <= self.limits.max_idle_bytes).then_some(held + bytes),
+            )
+            .is_ok();
+        if kept {
             idle.push(warm);
         }
     }
 }
 
-fn arm_for(store: &mut Store<StoreState>, millis: u64) {
-    store.data_mut().call_deadline = tokio::time::Instant::now() + Duration::from_millis(millis);
+/// Starts the clock for one call of `millis` of running time.
+fn arm(store: &mut Store<StoreState>, millis: u64) {
+    let ticks = (millis / EPOCH_TICK.as_millis().max(1) as u64).max(1);
+    let call = &mut store.data_mut().call;
+    call.ticks = 0;
+    // One tick more: the first tick may come right after the call starts.
+    call.tick_limit = ticks + 1;
+    call.wall_deadline =
+        Some(Instant::now() + Duration::from_millis(millis.saturating_mul(10).max(1_000)));
     store.set_epoch_deadline(1);
 }
 
-fn classify(error: &wasmtime::Error, store: &Store<StoreState>) -> CallError {
+fn classify(error: &wasmtime::Error, store: &Store<StoreState>, violation: Option<Violation>) -> CallError {
+    if let Some(violation) = violation.or_else(|| error.downcast_ref::<Violation>().cloned()) {
+        return CallError::Invalid(violation.to_string());
+    }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return CallError::Timeout;
     }
     if store.data().memory_denied {
         return CallError::Memory;
     }
-    let text = format!("{error:#}");
-    CallError::Trap(
-        text.lines()
-            .next()
-            .unwrap_or("trap")
-            .chars()
-            .take(300)
-            .collect(),
-    )
+    CallError::Trap(one_line(&format!("{error:#}")))
 }

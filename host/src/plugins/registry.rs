@@ -8,14 +8,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::bindings::PluginPre;
+use super::gate::{BreakerLimits, PluginGate};
 use super::kv::KvStore;
 use super::pool::{CallError, InstancePool, Limits};
 use super::runtime::{PluginShared, Runtime, StoreState};
 use crate::balancer::stable_hash;
-use crate::metrics::PluginMetrics;
-
-/// Keys a plugin may keep in its store before old ones are evicted.
-const KV_MAX_ENTRIES: usize = 100_000;
+use crate::metrics::{Metrics, PluginMetrics};
+use crate::policy::breaker::BreakerState;
 
 /// Identifies a plugin file's content (FNV-1a, hex).
 pub fn digest(bytes: &[u8]) -> String {
@@ -34,6 +33,7 @@ pub struct PluginVersion {
     pub digest: String,
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
+    gate: Arc<PluginGate>,
     runtime: Arc<Runtime>,
     pools: Mutex<HashMap<PoolKey, Arc<InstancePool>>>,
 }
@@ -49,6 +49,7 @@ impl PluginVersion {
                     self.runtime.clone(),
                     self.pre.clone(),
                     self.shared.clone(),
+                    self.gate.clone(),
                     config_json.clone(),
                     limits,
                 ))
@@ -101,6 +102,20 @@ pub enum LoadError {
     Init { config: String, error: CallError },
     #[error("init fails for config {config}, which the loaded version accepts: {error}")]
     Regression { config: String, error: CallError },
+    #[error("{0}")]
+    Read(String),
+}
+
+impl LoadError {
+    /// A rejection that may not happen again (no instance free right now): the file is
+    /// tried again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Init { error, .. } | LoadError::Regression { error, .. }
+                if error.is_transient()
+        )
+    }
 }
 
 /// A plugin file compiled and checked against the world, not yet in service.
@@ -125,10 +140,38 @@ impl Compiled {
     }
 }
 
+/// Settings that apply to each plugin as a whole (from `[plugins]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSettings {
+    /// Bytes one plugin's key-value store may hold.
+    pub kv_max_bytes: u64,
+    pub breaker: BreakerLimits,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        Self {
+            kv_max_bytes: 16 << 20,
+            breaker: BreakerLimits {
+                failures: 5,
+                window: std::time::Duration::from_secs(10),
+                open_for: std::time::Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// What each plugin name keeps across its versions.
+struct PerPlugin {
+    kv: Arc<KvStore>,
+    gate: Arc<PluginGate>,
+}
+
 /// The plugins in force.
 pub struct PluginHost {
     loaded: ArcSwap<HashMap<Arc<str>, Arc<PluginVersion>>>,
-    kv: Mutex<HashMap<Arc<str>, Arc<KvStore>>>,
+    per_plugin: Mutex<HashMap<Arc<str>, PerPlugin>>,
+    settings: Mutex<HostSettings>,
     next_version: AtomicU64,
 }
 
@@ -136,7 +179,8 @@ impl Default for PluginHost {
     fn default() -> Self {
         Self {
             loaded: ArcSwap::from_pointee(HashMap::new()),
-            kv: Mutex::new(HashMap::new()),
+            per_plugin: Mutex::new(HashMap::new()),
+            settings: Mutex::new(HostSettings::default()),
             next_version: AtomicU64::new(1),
         }
     }
@@ -151,6 +195,41 @@ impl PluginHost {
     /// Names and versions loaded now.
     pub fn loaded(&self) -> Vec<Arc<PluginVersion>> {
         self.loaded.load().values().cloned().collect()
+    }
+
+    /// Applies `[plugins]` settings (at start and on every reload): breakers keep
+    /// their state, key-value stores their bound (a new bound applies to stores made
+    /// from now on).
+    pub fn configure(&self, settings: HostSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        for per in self
+            .per_plugin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            per.gate.configure(settings.breaker);
+        }
+    }
+
+    /// The breaker state of plugin `name`, once it has been loaded.
+    pub fn breaker_state(&self, name: &str) -> Option<BreakerState> {
+        self.per_plugin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|p| p.gate.breaker_state())
+    }
+
+    /// The store and gate of plugin `name`, made on its first load.
+    fn per_plugin(&self, name: &Arc<str>) -> (Arc<KvStore>, Arc<PluginGate>) {
+        let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.per_plugin.lock().unwrap_or_else(|e| e.into_inner());
+        let per = all.entry(name.clone()).or_insert_with(|| PerPlugin {
+            kv: Arc::new(KvStore::new(settings.kv_max_bytes)),
+            gate: Arc::new(PluginGate::new(name, settings.breaker)),
+        });
+        (per.kv.clone(), per.gate.clone())
     }
 
     /// The pool serving `entry` now: its cached one while the version is unchanged.
@@ -176,15 +255,10 @@ impl PluginHost {
         &self,
         compiled: Compiled,
         in_use: &[(Arc<str>, Limits)],
+        metrics: &Metrics,
     ) -> Result<Arc<PluginVersion>, LoadError> {
         let name = compiled.name.clone();
-        let kv = self
-            .kv
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(KvStore::new(KV_MAX_ENTRIES)))
-            .clone();
+        let (kv, gate) = self.per_plugin(&name);
         let version = Arc::new(PluginVersion {
             name: name.clone(),
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
@@ -193,7 +267,9 @@ impl PluginHost {
             shared: Arc::new(PluginShared {
                 name: name.clone(),
                 kv,
+                log_dropped: metrics.plugin_log_dropped.with_label_values(&[&*name]),
             }),
+            gate,
             runtime: compiled.runtime,
             pools: Mutex::new(HashMap::new()),
         });

@@ -1,25 +1,28 @@
-//! The WebAssembly engine: one per process, pooling allocator, epoch-based deadlines, and
-//! the store state each plugin instance runs with (limits, WASI with nothing granted,
-//! the host imports).
+//! The WebAssembly engine: one per process, epoch-based deadlines, and the store state
+//! each plugin instance runs with (limits, WASI with nothing granted, the call it is
+//! working on).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter};
+use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{LogLevel, Plugin, PluginPre, fluxgate};
+use super::bindings::{Plugin, PluginPre};
 use super::kv::KvStore;
+use super::message::{RequestEdits, RequestState, ResponseEdits, ResponseState, Violation};
 
-/// The engine's epoch advances this often; deadlines are counted in these ticks.
+/// The engine's epoch advances this often; a call's running time is counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Most instances alive at once across all plugins (pooling allocator slots).
-const MAX_INSTANCES: u32 = 512;
+/// The contract this gateway loads (`fluxgate:plugin@0.2.x`).
+pub const CONTRACT: &str = "fluxgate:plugin@0.2";
+const CONTRACT_PACKAGE: &str = "fluxgate:plugin";
+const CONTRACT_MAJOR_MINOR: &str = "0.2";
 
-/// The process-wide engine and linker. The pooling allocator reserves address space
-/// for all its slots up front, so there is exactly one, created on first use.
+/// The process-wide engine and linker, created on first use.
 pub struct Runtime {
     pub engine: Engine,
     linker: Linker<StoreState>,
@@ -34,23 +37,19 @@ impl Runtime {
     }
 
     fn new() -> Result<Self, String> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 2)
-            .total_memories(MAX_INSTANCES)
-            .total_tables(MAX_INSTANCES * 2)
-            // Per-plugin limits are enforced by each store's limiter; this is the ceiling.
-            .max_memory_size(4096 << 20);
         let mut config = wasmtime::Config::new();
         // For bench/run.sh's profiles: names plugin code in /tmp/perf-PID.map so `perf`
         // can attribute samples inside plugins.
         if std::env::var_os("FLUXGATE_PERF_MAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
+        // Instances come from the on-demand allocator: memory is mapped per instance
+        // as it is used, so a gateway pays for the instances its plugins keep, not for
+        // fixed slot maxima; each plugin's instances are budgeted by `pool`.
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
         let engine = Engine::new(&config).map_err(|e| format!("wasm engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -72,37 +71,118 @@ impl Runtime {
         Ok(Self { engine, linker })
     }
 
-    /// Compiles a component and checks it against the plugin world (its exports, and
-    /// that every import is one we provide).
+    /// Compiles a component and checks it against the plugin world: the contract
+    /// version it was built for, its exports, and that every import is one we provide.
     pub fn compile(&self, bytes: &[u8]) -> Result<PluginPre<StoreState>, String> {
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| format!("not a valid component: {e:#}"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("does not fit the fluxgate:plugin world: {e:#}"))?;
-        PluginPre::new(pre).map_err(|e| format!("does not fit the fluxgate:plugin world: {e:#}"))
+            .map_err(|e| format!("not a valid component: {}", one_line(&format!("{e:#}"))))?;
+        check_contract(&self.engine, &component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "does not fit the fluxgate:plugin world: {}",
+                one_line(&format!("{e:#}"))
+            )
+        })?;
+        PluginPre::new(pre).map_err(|e| {
+            format!(
+                "does not fit the fluxgate:plugin world: {}",
+                one_line(&format!("{e:#}"))
+            )
+        })
     }
 }
 
-/// What a plugin's instances share: its name (for logs) and its key-value store.
+/// Refuses a component built for another version of the contract, naming both.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(engine).map(|(name, _)| name));
+    for name in names {
+        let Some(rest) = name.strip_prefix(CONTRACT_PACKAGE) else {
+            continue;
+        };
+        let Some((_, version)) = rest.split_once('@') else {
+            continue;
+        };
+        let major_minor: String = version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+        if major_minor != CONTRACT_MAJOR_MINOR {
+            return Err(format!(
+                "built for {CONTRACT_PACKAGE}@{version}; this gateway loads {CONTRACT_MAJOR_MINOR}.x: rebuild with fluxgate-sdk {CONTRACT_MAJOR_MINOR}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A wasmtime error (often several lines of backtrace) as one log line.
+pub fn one_line(text: &str) -> String {
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    line.join(" | ").chars().take(400).collect()
+}
+
+/// What a plugin's instances share: its name (for logs), its key-value store, its
+/// counters.
 #[derive(Debug)]
 pub struct PluginShared {
     pub name: Arc<str>,
     pub kv: Arc<KvStore>,
+    /// Log lines dropped over the per-call bound.
+    pub log_dropped: prometheus::IntCounter,
+}
+
+/// Most log lines one hook call may write (more are dropped and counted).
+pub const MAX_LOG_LINES: u32 = 16;
+/// Longest log message (longer ones are cut).
+pub const MAX_LOG_BYTES: usize = 4 * 1024;
+/// Most key-value writes one hook call may make.
+pub const MAX_KV_WRITES: u32 = 64;
+
+/// The hook call an instance is running: the request and response lent to it, the
+/// edits it made so far, and its budgets.
+#[derive(Debug, Default)]
+pub struct Call {
+    /// Which chain step the plugin is (its stash slot).
+    pub step: usize,
+    pub request: RequestState,
+    pub request_edits: RequestEdits,
+    /// Present in on-response, and for the direct answer of an earlier plugin.
+    pub response: Option<ResponseState>,
+    pub response_edits: ResponseEdits,
+    /// The plugin declared the request / response body.
+    pub request_body: bool,
+    pub response_body: bool,
+    pub max_body: usize,
+    /// The first rule the plugin broke (the call then traps).
+    pub violation: Option<Violation>,
+    pub log_lines: u32,
+    pub log_dropped: u32,
+    pub kv_writes: u32,
+    /// Epoch ticks seen while the plugin ran (its running time, not time spent
+    /// waiting for the CPU) and the most it may use.
+    pub ticks: u64,
+    pub tick_limit: u64,
+    /// A safety net: no call lasts longer than this, running or not.
+    pub wall_deadline: Option<Instant>,
 }
 
 /// The data of one instance's store.
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    shared: Arc<PluginShared>,
+    pub shared: Arc<PluginShared>,
     memory_limit: usize,
     /// Set when the limiter refused to grow memory (so a trap can be reported as
     /// "memory" rather than a plain trap).
     pub memory_denied: bool,
-    /// When the running call must stop (checked at every epoch tick).
-    pub call_deadline: tokio::time::Instant,
+    /// Bytes of linear memory the instance has grown to.
+    pub memory_size: usize,
+    pub call: Call,
 }
 
 impl StoreState {
@@ -115,7 +195,8 @@ impl StoreState {
             shared,
             memory_limit,
             memory_denied: false,
-            call_deadline: tokio::time::Instant::now(),
+            memory_size: 0,
+            call: Call::default(),
         }
     }
 }
@@ -140,6 +221,7 @@ impl ResourceLimiter for StoreState {
             self.memory_denied = true;
             return Ok(false);
         }
+        self.memory_size = self.memory_size.max(desired);
         Ok(true)
     }
 
@@ -150,58 +232,5 @@ impl ResourceLimiter for StoreState {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
-    }
-}
-
-impl fluxgate::plugin::types::Host for StoreState {}
-
-impl fluxgate::plugin::host::Host for StoreState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        let plugin = &*self.shared.name;
-        match level {
-            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugin", plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-            LogLevel::Error => tracing::error!(target: "plugin", plugin, "{message}"),
-        }
-    }
-
-    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.shared.kv.get(&key)
-    }
-
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
-        if let Err(e) = self
-            .shared
-            .kv
-            .set(&key, value, ttl_ms.map(Duration::from_millis))
-        {
-            tracing::warn!(target: "plugin", plugin = &*self.shared.name, "kv-set refused: {e}");
-        }
-    }
-
-    fn kv_delete(&mut self, key: String) -> bool {
-        self.shared.kv.delete(&key)
-    }
-
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
-        match self
-            .shared
-            .kv
-            .incr(&key, delta, ttl_ms.map(Duration::from_millis))
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(target: "plugin", plugin = &*self.shared.name, "kv-incr refused: {e}");
-                0
-            }
-        }
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
     }
 }

@@ -2,8 +2,11 @@
 //! a file takes effect without a restart. Compilation runs on the blocking pool, off the
 //! request path.
 
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::dir_watch::{self, DirWatch};
 use crate::gateway::Gateway;
@@ -57,14 +60,136 @@ pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify:
     Ok(PluginWatcher { _watch: watch })
 }
 
-/// Brings plugin `name` in line with its file: load a new version, or unload.
+/// Tries of a swap rejected for a transient reason, and the first wait (doubling).
+const RETRIES: u32 = 5;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Brings plugin `name` in line with its file: load a new version, or unload. A load
+/// rejected for a transient reason (every instance of the plugin busy) is tried again
+/// a few times, with a growing wait, on a task of its own.
 async fn sync_one(gateway: &Arc<Gateway>, dir: &Path, name: &str) {
     let path = dir.join(format!("{name}.wasm"));
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => gateway.load_plugin(name, bytes).await,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => gateway.unload_plugin(name),
-        Err(e) => {
-            tracing::error!(plugin = name, error = %e, "cannot read plugin file; keeping the loaded version")
+    let max_bytes = gateway.snapshot().config().plugins.max_file_bytes();
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || read_plugin_file(&path, max_bytes)).await
+    };
+    let bytes = match read {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return gateway.unload_plugin(name),
+        Ok(Err(skip)) => {
+            tracing::error!(plugin = name, path = %path.display(), "plugin file skipped: {skip}; keeping the loaded version");
+            return;
         }
+        Err(e) => {
+            tracing::error!(plugin = name, error = %e, "reading the plugin file failed");
+            return;
+        }
+    };
+    if !gateway.load_plugin(name, bytes).await.is_transient() {
+        return;
+    }
+    let (gateway, dir, name) = (gateway.clone(), dir.to_owned(), name.to_owned());
+    tokio::spawn(async move {
+        let mut wait = FIRST_RETRY;
+        for attempt in 1..=RETRIES {
+            tokio::time::sleep(wait).await;
+            tracing::info!(plugin = %name, attempt, "trying the rejected plugin file again");
+            let path = dir.join(format!("{name}.wasm"));
+            let Ok(Some(bytes)) = read_plugin_file(&path, max_bytes) else {
+                return;
+            };
+            if !gateway.load_plugin(&name, bytes).await.is_transient() {
+                return;
+            }
+            wait *= 2;
+        }
+        tracing::error!(plugin = %name, "plugin file still rejected after {RETRIES} tries; change the file to try again");
+    });
+}
+
+/// Reads a plugin file the folder holds, treating the folder as untrusted: only a
+/// regular file is read (a FIFO, device or folder is refused without opening it for a
+/// blocking read), and only up to `max_bytes`. `Ok(None)`: the file is gone.
+pub fn read_plugin_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    check_file(&meta, max_bytes)?;
+    // Non-blocking open: if the path was swapped for a FIFO since the check, the open
+    // and the read below return at once instead of waiting for a writer.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    check_file(&meta, max_bytes)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&mut file)
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!("it grew past plugins.max_file_mb ({max_bytes} bytes)"));
+    }
+    Ok(Some(bytes))
+}
+
+fn check_file(meta: &std::fs::Metadata, max_bytes: u64) -> Result<(), String> {
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a folder"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(format!(
+            "it is {} bytes, over plugins.max_file_mb ({max_bytes} bytes)",
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_cap_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.wasm");
+        std::fs::write(&ok, b"0123456789").unwrap();
+        assert_eq!(
+            read_plugin_file(&ok, 10).unwrap(),
+            Some(b"0123456789".to_vec())
+        );
+        let err = read_plugin_file(&ok, 9).unwrap_err();
+        assert!(err.contains("over plugins.max_file_mb"), "{err}");
+        assert_eq!(
+            read_plugin_file(&dir.path().join("gone.wasm"), 10).unwrap(),
+            None
+        );
+        let folder = dir.path().join("dir.wasm");
+        std::fs::create_dir(&folder).unwrap();
+        assert!(read_plugin_file(&folder, 10).unwrap_err().contains("a folder"));
+        let fifo = dir.path().join("fifo.wasm");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Returns at once (nothing blocks waiting for a writer).
+        assert!(read_plugin_file(&fifo, 10).unwrap_err().contains("a FIFO"));
     }
 }

@@ -286,9 +286,9 @@ impl CircuitBreaker {
         };
         if let Some((from, to)) = transition {
             if to == BreakerState::Open {
-                tracing::warn!(upstream_target = %self.label, from = from.as_str(), to = to.as_str(), "circuit breaker opened");
+                tracing::warn!(breaker = %self.label, from = from.as_str(), to = to.as_str(), "circuit breaker opened");
             } else {
-                tracing::info!(upstream_target = %self.label, from = from.as_str(), to = to.as_str(), "circuit breaker state changed");
+                tracing::info!(breaker = %self.label, from = from.as_str(), to = to.as_str(), "circuit breaker state changed");
             }
         }
         result
