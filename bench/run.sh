@@ -21,7 +21,11 @@
 #                          fg-rewrite = fluxgate + header-rewrite plugin,
 #                          fg-auth-rewrite = fluxgate + api-key-auth + header-rewrite;
 #                          also available: fg-limits = fluxgate + route and per-user
-#                          token-bucket limits that never refuse)
+#                          token-bucket limits that never refuse; fg-flood = the plain
+#                          route of a gateway that also has a `spin` plugin route (a
+#                          plugin that never returns) and a header-rewrite route, first
+#                          alone, then while BENCH_FLOOD_CONNS (default 200) connections
+#                          flood the spin route, and the rewrite route under the flood)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
 #   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt);
 #                          fluxgate then writes /tmp/perf-PID.map (FLUXGATE_PERF_MAP) so samples
@@ -42,6 +46,7 @@ DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 REQ_PATH="${BENCH_PATH:-/}"
 SETUPS="${BENCH_SETUPS:-direct nginx fluxgate fg-rewrite fg-auth-rewrite}"
+FLOOD_CONNS="${BENCH_FLOOD_CONNS:-200}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
 PERF_CALLGRAPH="${BENCH_PERF_CALLGRAPH:-dwarf}"
@@ -255,7 +260,7 @@ ensure_tools
 mkdir -p "$OUT"
 cd "$ROOT"
 
-if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* ]]; then
+if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* || " $SETUPS " == *" fg-flood "* ]]; then
     log "building the plugins (wasm32-wasip2, release)"
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
     (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2)
@@ -263,6 +268,7 @@ if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* ]]
     rm -rf "$PLUGIN_DIR" && mkdir -p "$PLUGIN_DIR"
     cp "$ROOT/plugins/target/wasm32-wasip2/release/header_rewrite.wasm" "$PLUGIN_DIR/header-rewrite.wasm"
     cp "$ROOT/plugins/target/wasm32-wasip2/release/api_key_auth.wasm" "$PLUGIN_DIR/api-key-auth.wasm"
+    cp "$ROOT/plugins/target/wasm32-wasip2/release/spin.wasm" "$PLUGIN_DIR/spin.wasm"
 fi
 : >"$OUT/plugin-calls.txt"
 
@@ -334,8 +340,35 @@ for setup in $SETUPS; do
             plugin_quantiles "$setup" "$FLUXGATE_PORT"
             stop_pid "$pid"
             ;;
+        fg-flood)
+            render "$BENCH/fluxgate-flood.toml.tmpl" "$OUT/fg-flood.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" PLUGIN_DIR="$PLUGIN_DIR"
+            start fg-flood taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/fg-flood.toml"
+            pid="$STARTED_PID"
+            wait_ready fg-flood "$pid" "$FLUXGATE_PORT"
+            run_wrk fg-plain-alone "$FLUXGATE_PORT" "$pid"
+            flood_secs=$((WARMUP + DURATION + 3))
+            log "fg-flood: flooding /spin/ with ${FLOOD_CONNS} connections for ${flood_secs}s"
+            taskset -c 1 wrk -t1 -c"$FLOOD_CONNS" -d"${flood_secs}s" \
+                "http://127.0.0.1:$FLUXGATE_PORT/spin/x" >"$OUT/fg-flood.spin.wrk.txt" 2>&1 &
+            flood_pid=$!
+            PIDS+=("$flood_pid")
+            sleep 1
+            run_wrk fg-plain-flooded "$FLUXGATE_PORT" "$pid"
+            REQ_PATH_SAVED="$REQ_PATH"
+            REQ_PATH="/rewrite/x"
+            run_wrk fg-rewrite-flooded "$FLUXGATE_PORT" "$pid"
+            REQ_PATH="$REQ_PATH_SAVED"
+            wait "$flood_pid" 2>/dev/null || true
+            stop_pid "$flood_pid"
+            echo "fg-flood (after the flood):" >>"$OUT/plugin-calls.txt"
+            curl -fsS --max-time 2 "http://127.0.0.1:$FLUXGATE_PORT/metrics" |
+                grep -E '^fluxgate_plugin_(errors_total|breaker_state)' | sed 's/^/  /' \
+                >>"$OUT/plugin-calls.txt" || true
+            stop_pid "$pid"
+            ;;
         *)
-            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-rewrite, fg-auth-rewrite)"
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-rewrite, fg-auth-rewrite, fg-limits, fg-flood)"
             ;;
     esac
 done

@@ -75,6 +75,14 @@ impl Process {
         panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n"));
     }
 
+    /// Every stdout line read so far, after draining what is already there.
+    pub(crate) fn seen_lines(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
     /// Every stdout line from now up to and including the first one containing `needle`.
     pub(crate) fn lines_until(&mut self, needle: &str) -> Vec<String> {
         let from = self.seen.len();

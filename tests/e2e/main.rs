@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod cluster;
 mod framing;
+mod plugin_safety;
 mod plugins;
 mod policies;
 mod proxying;

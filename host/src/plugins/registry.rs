@@ -221,6 +221,17 @@ impl PluginHost {
             .map(|p| p.gate.breaker_state())
     }
 
+    /// Bytes plugin `name`'s key-value store holds.
+    pub fn kv_bytes(&self, name: &str) -> Option<u64> {
+        let kv = self
+            .per_plugin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|p| p.kv.clone())?;
+        Some(kv.bytes())
+    }
+
     /// The store and gate of plugin `name`, made on its first load.
     fn per_plugin(&self, name: &Arc<str>) -> (Arc<KvStore>, Arc<PluginGate>) {
         let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
