@@ -108,6 +108,8 @@
 //! hooks the way the gateway would: only the hooks and bodies it asks for, the stash
 //! carried from `on_request` to `on_response`, the gateway's rules enforced.
 
+#![warn(missing_docs)]
+
 // The `plugin` attribute names `::fluxgate_sdk`; this makes that path work inside the
 // crate too (its own tests).
 extern crate self as fluxgate_sdk;

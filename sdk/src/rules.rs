@@ -6,8 +6,6 @@
 //! the request gets `plugins.on_error`). Check values you do not control before setting
 //! them: [`is_valid_header_name`], [`is_valid_header_value`], [`is_reserved_header`].
 
-use crate::backend::Header;
-
 /// The most header fields a request or response may hold after a plugin's edits.
 pub const MAX_HEADER_FIELDS: usize = 256;
 
@@ -72,139 +70,151 @@ pub fn is_reserved_header(name: &str) -> bool {
         .any(|reserved| reserved.eq_ignore_ascii_case(name))
 }
 
-/// The rule a header name breaks for an edit (set, append or remove), if any.
-pub(crate) fn check_edit_name(name: &str) -> Result<(), String> {
-    if !is_valid_header_name(name) {
-        return Err(format!(
-            "header name {name:?} is not an HTTP token (rule: header names must be tokens)"
-        ));
-    }
-    if is_reserved_header(name) {
-        return Err(format!(
-            "header {:?} is a framing/connection header (rule: content-length, \
-             transfer-encoding, connection, keep-alive, upgrade, te, trailer and \
-             proxy-connection cannot be set or removed)",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
-}
+/// The checks of the test double (native only: on wasm32 the gateway checks).
+#[cfg(not(target_arch = "wasm32"))]
+mod checks {
+    use super::*;
+    use crate::backend::Header;
 
-/// The rule a header field to be set breaks, if any.
-pub(crate) fn check_field(name: &str, value: &[u8]) -> Result<(), String> {
-    check_edit_name(name)?;
-    if !is_valid_header_value(value) {
-        return Err(format!(
-            "the value of header {:?} holds a control character (rule: header values \
-             must not hold CR, LF, NUL or other controls but tab)",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
-}
-
-/// The rule a whole header list breaks (field count, header bytes), if any.
-pub(crate) fn check_totals(headers: &[Header]) -> Result<(), String> {
-    if headers.len() > MAX_HEADER_FIELDS {
-        return Err(format!(
-            "{} header fields (rule: a message holds at most {MAX_HEADER_FIELDS} header fields)",
-            headers.len()
-        ));
-    }
-    let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    if bytes > MAX_HEADER_BYTES {
-        return Err(format!(
-            "{bytes} bytes of headers (rule: a message holds at most 64 KiB of header bytes)"
-        ));
-    }
-    Ok(())
-}
-
-/// The rule a status breaks, if any.
-pub(crate) fn check_status(status: u16) -> Result<(), String> {
-    if (200..=599).contains(&status) {
+    /// The rule a header name breaks for an edit (set, append or remove), if any.
+    pub(crate) fn check_edit_name(name: &str) -> Result<(), String> {
+        if !is_valid_header_name(name) {
+            return Err(format!(
+                "header name {name:?} is not an HTTP token (rule: header names must be tokens)"
+            ));
+        }
+        if is_reserved_header(name) {
+            return Err(format!(
+                "header {:?} is a framing/connection header (rule: content-length, \
+                 transfer-encoding, connection, keep-alive, upgrade, te, trailer and \
+                 proxy-connection cannot be set or removed)",
+                name.to_ascii_lowercase()
+            ));
+        }
         Ok(())
-    } else {
-        Err(format!("status {status} (rule: a status must be 200-599)"))
     }
-}
 
-/// The rule a stash value breaks, if any.
-pub(crate) fn check_stash(value: &[u8]) -> Result<(), String> {
-    if value.len() > MAX_STASH_BYTES {
-        return Err(format!(
-            "a stash of {} bytes (rule: a stash holds at most 4 KiB)",
-            value.len()
-        ));
+    /// The rule a header field to be set breaks, if any.
+    pub(crate) fn check_field(name: &str, value: &[u8]) -> Result<(), String> {
+        check_edit_name(name)?;
+        if !is_valid_header_value(value) {
+            return Err(format!(
+                "the value of header {:?} holds a control character (rule: header values \
+                 must not hold CR, LF, NUL or other controls but tab)",
+                name.to_ascii_lowercase()
+            ));
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The path a `set-path` leads to, normalised as the gateway normalises a client's
-/// path (`.` and `..` segments resolved, also percent-encoded); or the rule it breaks.
-pub(crate) fn normalise_path(path: &str) -> Result<String, String> {
-    if !path.starts_with('/') {
-        return Err(format!(
-            "set_path({path:?}) (rule: a path must start with '/')"
-        ));
+    /// The rule a whole header list breaks (field count, header bytes), if any.
+    pub(crate) fn check_totals(headers: &[Header]) -> Result<(), String> {
+        if headers.len() > MAX_HEADER_FIELDS {
+            return Err(format!(
+                "{} header fields (rule: a message holds at most {MAX_HEADER_FIELDS} header fields)",
+                headers.len()
+            ));
+        }
+        let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if bytes > MAX_HEADER_BYTES {
+            return Err(format!(
+                "{bytes} bytes of headers (rule: a message holds at most 64 KiB of header bytes)"
+            ));
+        }
+        Ok(())
     }
-    if path
-        .bytes()
-        .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f)
-    {
-        return Err(format!(
-            "set_path({path:?}) (rule: a path holds no '?', '#', space or control \
-             character; set the query with set_query)"
-        ));
-    }
-    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
-    let is_dotdot = |s: &str| {
-        matches!(
-            s.to_ascii_lowercase().as_str(),
-            ".." | ".%2e" | "%2e." | "%2e%2e"
-        )
-    };
-    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
-        return Ok(path.to_string());
-    }
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    let mut out: Vec<&str> = Vec::new();
-    for (i, segment) in segments.iter().enumerate() {
-        if is_dot(segment) {
-            if i == last {
-                out.push("");
-            }
-        } else if is_dotdot(segment) {
-            if out.pop().is_none() {
-                return Err(format!(
-                    "set_path({path:?}) (rule: a path that climbs above '/' is refused)"
-                ));
-            }
-            if i == last {
-                out.push("");
-            }
+
+    /// The rule a status breaks, if any.
+    pub(crate) fn check_status(status: u16) -> Result<(), String> {
+        if (200..=599).contains(&status) {
+            Ok(())
         } else {
-            out.push(segment);
+            Err(format!("status {status} (rule: a status must be 200-599)"))
         }
     }
-    Ok(format!("/{}", out.join("/")))
+
+    /// The rule a stash value breaks, if any.
+    pub(crate) fn check_stash(value: &[u8]) -> Result<(), String> {
+        if value.len() > MAX_STASH_BYTES {
+            return Err(format!(
+                "a stash of {} bytes (rule: a stash holds at most 4 KiB)",
+                value.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The path a `set-path` leads to, normalised as the gateway normalises a client's
+    /// path (`.` and `..` segments resolved, also percent-encoded); or the rule it breaks.
+    pub(crate) fn normalise_path(path: &str) -> Result<String, String> {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "set_path({path:?}) (rule: a path must start with '/')"
+            ));
+        }
+        if path
+            .bytes()
+            .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f)
+        {
+            return Err(format!(
+                "set_path({path:?}) (rule: a path holds no '?', '#', space or control \
+                 character; set the query with set_query)"
+            ));
+        }
+        let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+        let is_dotdot = |s: &str| {
+            matches!(
+                s.to_ascii_lowercase().as_str(),
+                ".." | ".%2e" | "%2e." | "%2e%2e"
+            )
+        };
+        if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+            return Ok(path.to_string());
+        }
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let last = segments.len().saturating_sub(1);
+        let mut out: Vec<&str> = Vec::new();
+        for (i, segment) in segments.iter().enumerate() {
+            if is_dot(segment) {
+                if i == last {
+                    out.push("");
+                }
+            } else if is_dotdot(segment) {
+                if out.pop().is_none() {
+                    return Err(format!(
+                        "set_path({path:?}) (rule: a path that climbs above '/' is refused)"
+                    ));
+                }
+                if i == last {
+                    out.push("");
+                }
+            } else {
+                out.push(segment);
+            }
+        }
+        Ok(format!("/{}", out.join("/")))
+    }
+
+    /// The rule a query string breaks, if any. The WIT states none; these are what cannot
+    /// be a query at all in an HTTP request target.
+    pub(crate) fn check_query(query: &str) -> Result<(), String> {
+        if query.bytes().any(|b| b == b'#' || b <= b' ' || b == 0x7f) {
+            return Err(format!(
+                "set_query({query:?}) (rule: a query holds no '#', space or control character)"
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// The rule a query string breaks, if any. The WIT states none; these are what cannot
-/// be a query at all in an HTTP request target.
-pub(crate) fn check_query(query: &str) -> Result<(), String> {
-    if query.bytes().any(|b| b == b'#' || b <= b' ' || b == 0x7f) {
-        return Err(format!(
-            "set_query({query:?}) (rule: a query holds no '#', space or control character)"
-        ));
-    }
-    Ok(())
-}
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use checks::*;
 
 #[cfg(test)]
 mod tests {
+    use super::checks::*;
     use super::*;
+    use crate::backend::Header;
 
     #[test]
     fn header_validity() {

@@ -13,6 +13,8 @@
 //! the impl's items could define a hook the attribute cannot see: then both hooks count
 //! (the trait's default, which only means a default hook is called for nothing).
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::quote;
@@ -22,7 +24,7 @@ use syn::{Attribute, ImplItem, ItemImpl, Meta};
 /// Marks a plugin's `impl Plugin for T` block: sets `T::HOOKS` from the hooks the block
 /// defines and exports `T` as the WebAssembly component. Use it once per plugin crate.
 ///
-/// ```ignore
+/// ```text
 /// #[fluxgate_sdk::plugin]
 /// impl Plugin for MyPlugin {
 ///     fn init(config: Config) -> Result<Self, String> { ... }
