@@ -1,17 +1,14 @@
 // Shared source of tagger-a and tagger-b (each crate defines `TAG`, then includes this).
 
-use fluxgate_sdk::{Action, Config, Info, Plugin, Request, Response, export_plugin};
+use fluxgate_sdk::{Action, Config, Plugin, Request, Response};
 
 /// Tags the request and the response with [`TAG`].
 pub struct Tagger;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for Tagger {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Self)
-    }
-
-    fn info(&self) -> Info {
-        Info::new().on_response(true)
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
@@ -24,8 +21,6 @@ impl Plugin for Tagger {
     }
 }
 
-export_plugin!(Tagger);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,10 +29,11 @@ mod tests {
     #[test]
     fn tags_both_ways() {
         let p = testing::init::<Tagger>("{}").unwrap_or_else(|e| panic!("{e}"));
-        let req = testing::request().build();
-        let edits = p.on_request(&req).into_edits();
-        assert_eq!(edits.set_header("x-tagger"), Some(TAG));
-        let edits = p.on_response(&req, &testing::response(200).build());
-        assert_eq!(edits.set_header("x-tagger"), Some(TAG));
+        let mut req = testing::request().build();
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-tagger"), Some(TAG));
+        let mut resp = testing::response(200).build();
+        p.on_response(&req, &mut resp);
+        assert_eq!(resp.header("x-tagger"), Some(TAG));
     }
 }

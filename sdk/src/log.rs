@@ -1,9 +1,19 @@
-//! Structured log lines, tagged by the gateway with the plugin's name.
+//! Log lines, tagged by the gateway with the plugin's name.
 //!
 //! Functions (`log::info("text")`) and `format!`-style macros (`log::info!("n = {n}")`)
-//! with the same names. Outside wasm32 the lines are captured by [`crate::testing`].
+//! with the same names. The gateway keeps at most [`MAX_LINE_BYTES`] of a line (longer
+//! is cut) and [`MAX_LINES_PER_CALL`] lines per hook call (more are dropped and
+//! counted), and escapes control characters, so a message cannot forge another line.
+//! Outside wasm32 the lines are captured by [`crate::testing`] (cut and capped the
+//! same way inside the harness's hook calls, not escaped).
 
 use crate::sys;
+
+/// The longest log line the gateway keeps: 4 KiB.
+pub const MAX_LINE_BYTES: usize = 4 * 1024;
+
+/// The most log lines one hook call may write.
+pub const MAX_LINES_PER_CALL: usize = 16;
 
 /// A log level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

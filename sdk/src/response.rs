@@ -1,6 +1,6 @@
-//! The upstream-response view, response edits, direct responses and the request action.
+//! The response view, direct responses and the request action.
 
-use crate::headers::{HeaderList, Headers, lower};
+use crate::backend::{Header, ResponseBackend};
 use serde::Serialize;
 
 /// What `on_request` decides.
@@ -9,7 +9,8 @@ pub enum Action {
     /// Go on to the next plugin and the upstream, with the edits made to the request.
     #[default]
     Continue,
-    /// Answer now; the upstream is not called (and the request edits are dropped).
+    /// Answer now with this response; the upstream and the later plugins are not
+    /// called. Its status must be 200-599 and its headers follow the rules of edits.
     Respond(DirectResponse),
 }
 
@@ -40,7 +41,7 @@ impl From<DirectResponse> for Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectResponse {
     status: u16,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<Header>,
     body: Vec<u8>,
 }
 
@@ -85,9 +86,11 @@ impl DirectResponse {
     }
 
     /// Adds a header (name lower-cased); an existing one of the same name is kept, so
-    /// this can add several values.
+    /// this can add several values. The gateway's rules for edits apply (see
+    /// [`crate::rules`]): framing headers such as `content-length` are its own.
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((lower(name), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 
@@ -111,7 +114,7 @@ impl DirectResponse {
     }
 
     /// All headers as (lower-case name, value).
-    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+    pub fn headers(&self) -> &[Header] {
         &self.headers
     }
 
@@ -130,7 +133,8 @@ impl DirectResponse {
         serde_json::from_slice(&self.body).map_err(|e| format!("invalid JSON body: {e}"))
     }
 
-    pub(crate) fn into_parts(self) -> (u16, HeaderList, Vec<u8>) {
+    /// The parts: status, headers as (lower-case name, value), body.
+    pub fn into_parts(self) -> (u16, Vec<Header>, Vec<u8>) {
         (self.status, self.headers, self.body)
     }
 }
@@ -142,153 +146,116 @@ pub(crate) fn error_body(error: &str, message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The upstream's response as a plugin sees it in `on_response`; changes are recorded
-/// and handed to the host as [`ResponseEdits`].
-#[derive(Clone, Debug)]
-pub struct Response {
-    status: u16,
-    original_status: u16,
-    headers: Headers,
-    body: Option<Vec<u8>>,
-    body_set: bool,
+/// The response as `on_response` sees it: the upstream's answer (or a plugin's direct
+/// one) so far, editable in place.
+///
+/// Like [`crate::Request`], a thin view over the gateway's response (a
+/// [`ResponseBackend`]): each read and each edit is one host call, and edits take
+/// effect when the hook returns normally. An edit that breaks one of the gateway's
+/// rules (see [`crate::rules`]) fails the hook call.
+pub struct Response<'a> {
+    backend: &'a mut dyn ResponseBackend,
 }
 
-/// The changes a plugin made to a response, as sent to the host. Only real changes are
-/// listed (see [`crate::RequestEdits`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResponseEdits {
-    /// The new status code.
-    pub status: Option<u16>,
-    /// Headers to set, (lower-case name, value); each replaces every value of its name.
-    pub set_headers: Vec<(String, Vec<u8>)>,
-    /// Header names to remove (applied before the sets).
-    pub remove_headers: Vec<String>,
-    /// The new body.
-    pub body: Option<Vec<u8>>,
-}
-
-impl ResponseEdits {
-    /// True if nothing changes.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+impl<'a> Response<'a> {
+    /// A view over `backend` (the gateway's handle, or a [`crate::testing::TestResponse`]).
+    pub fn new(backend: &'a mut dyn ResponseBackend) -> Self {
+        Self { backend }
     }
 
-    /// The value a `set-headers` edit gives `name` (any case), as UTF-8 text.
-    pub fn set_header(&self, name: &str) -> Option<&str> {
-        self.set_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    /// The backend, for operations the view does not wrap.
+    pub fn backend(&self) -> &dyn ResponseBackend {
+        &*self.backend
     }
 
-    /// True if the edits remove `name` (any case).
-    pub fn removes_header(&self, name: &str) -> bool {
-        self.remove_headers
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-    }
-}
-
-impl Response {
-    pub(crate) fn from_parts(
-        status: u16,
-        headers: Vec<(String, Vec<u8>)>,
-        body: Option<Vec<u8>>,
-    ) -> Self {
-        Self {
-            status,
-            original_status: status,
-            headers: Headers::new(headers),
-            body,
-            body_set: false,
-        }
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut dyn ResponseBackend {
+        &mut *self.backend
     }
 
     /// The status code.
     pub fn status(&self) -> u16 {
-        self.status
+        self.backend.status()
     }
 
-    /// Replaces the status code.
+    /// Replaces the status code (200-599).
     pub fn set_status(&mut self, status: u16) {
-        self.status = status;
+        self.backend.set_status(status);
     }
 
     /// The first value of header `name` (any case) as text; `None` if missing or not
-    /// valid UTF-8.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get_str(name)
+    /// valid UTF-8. One host call.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.backend
+            .header(name)
+            .and_then(|v| String::from_utf8(v).ok())
     }
 
-    /// The first value of header `name` (any case) as raw bytes.
-    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.headers.get(name)
+    /// The first value of header `name` (any case) as raw bytes. One host call.
+    pub fn header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.backend.header(name)
+    }
+
+    /// True if header `name` (any case) is present.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.backend.header(name).is_some()
     }
 
     /// Every value of header `name` (any case), in order.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.get_all(name)
+    pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.backend.header_values(name)
     }
 
-    /// All headers as (lower-case name, value), in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter()
+    /// Every header field as (lower-case name, value), in order. Copies all of them:
+    /// prefer [`Response::header`].
+    pub fn headers(&self) -> Vec<Header> {
+        self.backend.headers()
     }
 
     /// Sets header `name` to `value`, replacing every value it had.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.headers.set(name, value.as_ref());
+        self.backend.set_header(name, value.as_ref());
+    }
+
+    /// Adds a value to header `name`, keeping the values it had.
+    pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        self.backend.append_header(name, value.as_ref());
     }
 
     /// Removes every value of header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        self.headers.remove(name);
+        self.backend.remove_header(name);
     }
 
-    /// The upstream's body; only present if the plugin asked for it
-    /// ([`crate::Info::response_body`]) and it fit the gateway's limit.
-    pub fn body(&self) -> Option<&[u8]> {
-        self.body.as_deref()
+    /// The body: present only if the plugin declared it ([`crate::Info::response_body`])
+    /// and it fit `plugins.max_body_bytes`.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.backend.body()
     }
 
     /// The body as UTF-8 text, if present and valid.
-    pub fn body_str(&self) -> Option<&str> {
-        self.body().and_then(|b| std::str::from_utf8(b).ok())
+    pub fn body_str(&self) -> Option<String> {
+        self.body().and_then(|b| String::from_utf8(b).ok())
     }
 
     /// The body parsed as JSON.
     pub fn body_json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let body = self.body().ok_or_else(|| "no response body".to_string())?;
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+        serde_json::from_slice(&body).map_err(|e| format!("invalid JSON body: {e}"))
     }
 
     /// Replaces the body.
-    pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
-        self.body = Some(body.into());
-        self.body_set = true;
+    pub fn set_body(&mut self, body: impl AsRef<[u8]>) {
+        self.backend.set_body(body.as_ref());
     }
 
-    /// Replaces the body with `value` as JSON and sets `content-type: application/json`.
+    /// Replaces the body with `value` as JSON and sets `content-type: application/json`;
+    /// an error (and no change) if it cannot be serialised.
     pub fn set_json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         let body = serde_json::to_vec(value).map_err(|e| format!("not serialisable: {e}"))?;
         self.set_header("content-type", "application/json");
         self.set_body(body);
         Ok(())
-    }
-
-    /// The changes made through this view so far.
-    pub fn edits(&self) -> ResponseEdits {
-        let (set_headers, remove_headers) = self.headers.edits();
-        ResponseEdits {
-            status: (self.status != self.original_status).then_some(self.status),
-            set_headers,
-            remove_headers,
-            body: if self.body_set {
-                self.body.clone()
-            } else {
-                None
-            },
-        }
     }
 }
 
@@ -349,37 +316,33 @@ mod tests {
     }
 
     #[test]
-    fn response_edits() {
-        let mut r = Response::from_parts(
-            200,
-            vec![("server".into(), b"up".to_vec())],
-            Some(b"{}".to_vec()),
-        );
-        assert!(r.edits().is_empty());
+    fn response_view() {
+        let mut backend = crate::testing::response(200)
+            .header("Server", "up")
+            .body("{}")
+            .build();
+        let mut r = Response::new(&mut backend);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.header("server").as_deref(), Some("up"));
+        assert_eq!(r.body_str().as_deref(), Some("{}"));
         r.set_status(201);
         r.set_header("X-Tag", "a");
+        r.append_header("x-tag", "b");
         r.remove_header("Server");
         assert_eq!(r.status(), 201);
-        assert_eq!(r.header("x-tag"), Some("a"));
-        assert_eq!(r.header("server"), None);
-        let mut e = r.edits();
-        assert_eq!(
-            e,
-            ResponseEdits {
-                status: Some(201),
-                set_headers: vec![("x-tag".into(), b"a".to_vec())],
-                remove_headers: vec!["server".into()],
-                body: None,
-            }
-        );
-        assert_eq!(e.set_header("X-TAG"), Some("a"));
-        assert!(e.removes_header("SERVER"));
-
-        r.set_status(200);
+        assert_eq!(r.header("x-tag").as_deref(), Some("a"));
+        assert_eq!(r.header_values("X-TAG"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(!r.has_header("server"));
+        assert_eq!(r.headers().len(), 2);
         assert!(r.set_json(&serde_json::json!({"ok": true})).is_ok());
-        e = r.edits();
-        assert_eq!(e.status, None);
-        assert_eq!(e.body.as_deref(), Some(&br#"{"ok":true}"#[..]));
-        assert_eq!(e.set_header("content-type"), Some("application/json"));
+        assert_eq!(r.body_json(), Ok(serde_json::json!({"ok": true})));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(r.header_bytes("x-tag"), Some(b"a".to_vec()));
+        assert_eq!(r.backend().status(), 201);
+        r.backend_mut().set_body(b"x");
+        assert_eq!(r.body(), Some(b"x".to_vec()));
     }
 }

@@ -1,10 +1,9 @@
-//! The glue between the generated bindings and a [`Plugin`]: conversions, instance slot, hook runners.
-//!
-//! Used by `export_plugin!` (through `__private`) and by `testing`.
+//! The glue between the generated bindings and a [`Plugin`]: the instance slot, the
+//! handle backends and the export functions `__export_plugin!` calls.
 
+use crate::backend::{Header, RequestBackend, ResponseBackend};
 use crate::bindings::fluxgate::plugin::types as wit;
 use crate::bindings::{PluginInfo, RequestAction};
-use crate::request::RequestParts;
 use crate::response::error_body;
 use crate::{Action, Config, Info, Plugin, Request, Response};
 use std::any::Any;
@@ -19,60 +18,23 @@ thread_local! {
 /// The message hooks answer with when `init` did not succeed.
 const NOT_INITIALISED: &str = "plugin hook called before a successful init";
 
-/// Builds a plugin from its JSON config.
-pub(crate) fn instantiate<P: Plugin>(config: &str) -> Result<(P, Info), String> {
-    let plugin = P::init(Config::new(config))?;
-    let info = plugin.info();
-    Ok((plugin, info))
-}
-
-/// Runs `on_request` on a wire request and turns the outcome into the wire action.
-pub(crate) fn run_on_request<P: Plugin>(plugin: &P, req: wit::Request) -> RequestAction {
-    let mut view = Request::from_parts(request_parts(req));
-    match plugin.on_request(&mut view) {
-        Action::Continue => {
-            let edits = view.edits();
-            RequestAction::Continue(wit::RequestEdits {
-                set_headers: to_wire_headers(edits.set_headers),
-                remove_headers: edits.remove_headers,
-                path: edits.path,
-                query: edits.query,
-                body: edits.body,
-            })
-        }
-        Action::Respond(response) => {
-            let (status, headers, body) = response.into_parts();
-            RequestAction::Respond(wit::DirectResponse {
-                status,
-                headers: to_wire_headers(headers),
-                body,
-            })
-        }
-    }
-}
-
-/// Runs `on_response` on a wire request/response and returns the wire edits.
-pub(crate) fn run_on_response<P: Plugin>(
-    plugin: &P,
-    req: wit::Request,
-    resp: wit::Response,
-) -> wit::ResponseEdits {
-    let req = Request::from_parts(request_parts(req));
-    let mut view = Response::from_parts(resp.status, from_wire_headers(resp.headers), resp.body);
-    plugin.on_response(&req, &mut view);
-    let edits = view.edits();
-    wit::ResponseEdits {
-        status: edits.status,
-        set_headers: to_wire_headers(edits.set_headers),
-        remove_headers: edits.remove_headers,
-        body: edits.body,
+/// What `init` tells the gateway: the hooks the impl defines ([`Plugin::HOOKS`]) that
+/// [`Plugin::info`] leaves on, and the bodies it declares.
+pub(crate) fn effective_info<P: Plugin>(plugin: &P) -> Info {
+    let declared = plugin.info();
+    Info {
+        on_request: P::HOOKS.on_request && declared.on_request,
+        on_response: P::HOOKS.on_response && declared.on_response,
+        request_body: declared.request_body,
+        response_body: declared.response_body,
     }
 }
 
 /// The export `init`: builds the plugin and keeps it in the instance slot.
 pub fn init<P: Plugin>(config: String) -> Result<PluginInfo, String> {
     SLOT.with_borrow_mut(|slot| *slot = None);
-    let (plugin, info) = instantiate::<P>(&config)?;
+    let plugin = P::init(Config::new(config))?;
+    let info = effective_info(&plugin);
     SLOT.with_borrow_mut(|slot| *slot = Some(Box::new(plugin)));
     Ok(PluginInfo {
         on_request: info.on_request,
@@ -82,14 +44,27 @@ pub fn init<P: Plugin>(config: String) -> Result<PluginInfo, String> {
     })
 }
 
-/// The export `on-request`; 500 if `init` did not succeed.
-pub fn on_request<P: Plugin>(req: wit::Request) -> RequestAction {
+/// The export `on-request`; a 500 if `init` did not succeed.
+pub fn on_request<P: Plugin>(req: &wit::Request) -> RequestAction {
     SLOT.with_borrow(
         |slot| match slot.as_ref().and_then(|p| p.downcast_ref::<P>()) {
-            Some(plugin) => run_on_request(plugin, req),
+            Some(plugin) => {
+                let mut handle = HostRequest(req);
+                match plugin.on_request(&mut Request::new(&mut handle)) {
+                    Action::Continue => RequestAction::Continue,
+                    Action::Respond(response) => {
+                        let (status, headers, body) = response.into_parts();
+                        RequestAction::Respond(wit::DirectResponse {
+                            status,
+                            headers,
+                            body,
+                        })
+                    }
+                }
+            }
             None => RequestAction::Respond(wit::DirectResponse {
                 status: 500,
-                headers: vec![json_content_type()],
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
                 body: error_body("plugin_error", NOT_INITIALISED),
             }),
         },
@@ -97,136 +72,121 @@ pub fn on_request<P: Plugin>(req: wit::Request) -> RequestAction {
 }
 
 /// The export `on-response`; turns the response into a 500 if `init` did not succeed.
-pub fn on_response<P: Plugin>(req: wit::Request, resp: wit::Response) -> wit::ResponseEdits {
+pub fn on_response<P: Plugin>(req: &wit::Request, resp: &wit::Response) {
     SLOT.with_borrow(
         |slot| match slot.as_ref().and_then(|p| p.downcast_ref::<P>()) {
-            Some(plugin) => run_on_response(plugin, req, resp),
-            None => wit::ResponseEdits {
-                status: Some(500),
-                set_headers: vec![json_content_type()],
-                remove_headers: Vec::new(),
-                body: Some(error_body("plugin_error", NOT_INITIALISED)),
-            },
+            Some(plugin) => {
+                let mut req_handle = HostRequest(req);
+                let mut resp_handle = HostResponse(resp);
+                plugin.on_response(
+                    &Request::new(&mut req_handle),
+                    &mut Response::new(&mut resp_handle),
+                );
+            }
+            None => {
+                resp.set_status(500);
+                resp.set_header("content-type", b"application/json");
+                resp.set_body(&error_body("plugin_error", NOT_INITIALISED));
+            }
         },
-    )
+    );
 }
 
-fn json_content_type() -> wit::Header {
-    wit::Header {
-        name: "content-type".into(),
-        value: b"application/json".to_vec(),
+/// The gateway's request handle, borrowed for one hook call.
+struct HostRequest<'h>(&'h wit::Request);
+
+impl RequestBackend for HostRequest<'_> {
+    fn method(&self) -> String {
+        self.0.method()
+    }
+    fn path(&self) -> String {
+        self.0.path()
+    }
+    fn query(&self) -> Option<String> {
+        self.0.query()
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.header(name)
+    }
+    fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.0.header_values(name)
+    }
+    fn headers(&self) -> Vec<Header> {
+        self.0.headers()
+    }
+    fn client_ip(&self) -> String {
+        self.0.client_ip()
+    }
+    fn route(&self) -> String {
+        self.0.route()
+    }
+    fn param(&self, name: &str) -> Option<String> {
+        self.0.param(name)
+    }
+    fn params(&self) -> Vec<(String, String)> {
+        self.0.params()
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        self.0.body()
+    }
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        self.0.set_header(name, value);
+    }
+    fn append_header(&mut self, name: &str, value: &[u8]) {
+        self.0.append_header(name, value);
+    }
+    fn remove_header(&mut self, name: &str) {
+        self.0.remove_header(name);
+    }
+    fn set_path(&mut self, path: &str) {
+        self.0.set_path(path);
+    }
+    fn set_query(&mut self, query: Option<&str>) {
+        self.0.set_query(query);
+    }
+    fn set_body(&mut self, body: &[u8]) {
+        self.0.set_body(body);
+    }
+    fn stash(&mut self, value: &[u8]) {
+        self.0.stash(value);
+    }
+    fn stashed(&self) -> Option<Vec<u8>> {
+        self.0.stashed()
     }
 }
 
-fn request_parts(req: wit::Request) -> RequestParts {
-    RequestParts {
-        method: req.method,
-        path: req.path,
-        query: req.query,
-        headers: from_wire_headers(req.headers),
-        client_ip: req.client_ip,
-        route: req.route,
-        params: req.params,
-        body: req.body,
+/// The gateway's response handle, borrowed for one hook call.
+struct HostResponse<'h>(&'h wit::Response);
+
+impl ResponseBackend for HostResponse<'_> {
+    fn status(&self) -> u16 {
+        self.0.status()
     }
-}
-
-pub(crate) fn from_wire_headers(headers: Vec<wit::Header>) -> Vec<(String, Vec<u8>)> {
-    headers.into_iter().map(|h| (h.name, h.value)).collect()
-}
-
-pub(crate) fn to_wire_headers(headers: Vec<(String, Vec<u8>)>) -> Vec<wit::Header> {
-    headers
-        .into_iter()
-        .map(|(name, value)| wit::Header { name, value })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Tagger;
-
-    impl Plugin for Tagger {
-        fn init(config: Config) -> Result<Self, String> {
-            if config.raw().contains("fail") {
-                return Err("refused".into());
-            }
-            Ok(Self)
-        }
-
-        fn info(&self) -> Info {
-            Info::new().on_response(true)
-        }
-
-        fn on_request(&self, req: &mut Request) -> Action {
-            req.set_header("x-tag", "a");
-            Action::Continue
-        }
-
-        fn on_response(&self, _req: &Request, resp: &mut Response) {
-            resp.set_header("x-tag", "a");
-        }
+    fn set_status(&mut self, status: u16) {
+        self.0.set_status(status);
     }
-
-    fn wire_request() -> wit::Request {
-        wit::Request {
-            method: "GET".into(),
-            path: "/".into(),
-            query: None,
-            headers: vec![],
-            client_ip: "127.0.0.1".into(),
-            route: "r".into(),
-            params: vec![],
-            body: None,
-        }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.header(name)
     }
-
-    fn wire_response() -> wit::Response {
-        wit::Response {
-            status: 200,
-            headers: vec![],
-            body: None,
-        }
+    fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.0.header_values(name)
     }
-
-    // One test, because the slot is per thread and the steps depend on each other.
-    #[test]
-    fn slot_lifecycle() {
-        // Before init: 500s.
-        match on_request::<Tagger>(wire_request()) {
-            RequestAction::Respond(r) => assert_eq!(r.status, 500),
-            RequestAction::Continue(_) => panic!("continued before init"),
-        }
-        assert_eq!(
-            on_response::<Tagger>(wire_request(), wire_response()).status,
-            Some(500)
-        );
-
-        // A successful init.
-        let info = init::<Tagger>("{}".into()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(info.on_request && info.on_response && !info.request_body);
-        match on_request::<Tagger>(wire_request()) {
-            RequestAction::Continue(e) => {
-                assert_eq!(e.set_headers.len(), 1);
-                assert_eq!(e.set_headers[0].name, "x-tag");
-                assert_eq!(e.set_headers[0].value, b"a");
-            }
-            RequestAction::Respond(_) => panic!("responded after init"),
-        }
-        let edits = on_response::<Tagger>(wire_request(), wire_response());
-        assert_eq!(edits.status, None);
-        assert_eq!(edits.set_headers[0].name, "x-tag");
-
-        // A failed re-init leaves no plugin behind.
-        assert_eq!(
-            init::<Tagger>("fail".into()).err().as_deref(),
-            Some("refused")
-        );
-        assert!(matches!(
-            on_request::<Tagger>(wire_request()),
-            RequestAction::Respond(_)
-        ));
+    fn headers(&self) -> Vec<Header> {
+        self.0.headers()
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        self.0.body()
+    }
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        self.0.set_header(name, value);
+    }
+    fn append_header(&mut self, name: &str, value: &[u8]) {
+        self.0.append_header(name, value);
+    }
+    fn remove_header(&mut self, name: &str) {
+        self.0.remove_header(name);
+    }
+    fn set_body(&mut self, body: &[u8]) {
+        self.0.set_body(body);
     }
 }

@@ -21,15 +21,15 @@ mod imp {
         host::kv_get(key)
     }
 
-    pub(crate) fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) {
-        host::kv_set(key, value, ttl_ms);
+    pub(crate) fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
+        host::kv_set(key, value, ttl_ms)
     }
 
     pub(crate) fn kv_delete(key: &str) -> bool {
         host::kv_delete(key)
     }
 
-    pub(crate) fn kv_incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+    pub(crate) fn kv_incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
         host::kv_incr(key, delta, ttl_ms)
     }
 

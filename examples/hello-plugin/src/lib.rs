@@ -1,8 +1,6 @@
 //! The walkthrough plugin: answers `GET /hello` itself and tags every other response.
 
-use fluxgate_sdk::{
-    Action, Config, DirectResponse, Info, Plugin, Request, Response, export_plugin,
-};
+use fluxgate_sdk::{Action, Config, DirectResponse, Plugin, Request, Response};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,16 +20,14 @@ pub struct Hello {
     greeting: String,
 }
 
+// The attribute exports the plugin and tells the gateway which hooks it defines.
+#[fluxgate_sdk::plugin]
 impl Plugin for Hello {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
         Ok(Self {
             greeting: settings.greeting,
         })
-    }
-
-    fn info(&self) -> Info {
-        Info::new().on_response(true)
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
@@ -49,8 +45,6 @@ impl Plugin for Hello {
     }
 }
 
-export_plugin!(Hello);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,8 +56,8 @@ mod tests {
 
     #[test]
     fn answers_hello_itself() {
-        let req = testing::request().method("GET").path("/hello").build();
-        let outcome = hello().on_request(&req);
+        let mut req = testing::request().method("GET").path("/hello").build();
+        let outcome = hello().on_request(&mut req);
         let resp = outcome
             .response()
             .unwrap_or_else(|| panic!("expected a direct response"));
@@ -72,11 +66,12 @@ mod tests {
 
     #[test]
     fn tags_other_responses() {
-        let req = testing::request().method("GET").path("/other").build();
+        let mut req = testing::request().method("GET").path("/other").build();
         let plugin = hello();
-        assert!(plugin.on_request(&req).is_continue());
-        let edits = plugin.on_response(&req, &testing::response(200).build());
-        assert_eq!(edits.set_header("x-hello"), Some("hi (v1)"));
+        assert!(plugin.on_request(&mut req).is_continue());
+        let mut resp = testing::response(200).build();
+        plugin.on_response(&req, &mut resp);
+        assert_eq!(resp.header("x-hello"), Some("hi (v1)"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! api-key-auth: lets a request through only with a known API key, forwarding the key's identity.
 
 use fluxgate_sdk::{
-    Action, Config, DirectResponse, Plugin, Request, export_plugin, is_valid_header_name,
+    Action, Config, DirectResponse, Plugin, Request, is_reserved_header, is_valid_header_name,
     is_valid_header_value,
 };
 use serde::Deserialize;
@@ -40,6 +40,7 @@ pub struct ApiKeyAuth {
     keys: Vec<([u8; 32], String)>,
 }
 
+#[fluxgate_sdk::plugin]
 impl Plugin for ApiKeyAuth {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
@@ -49,6 +50,11 @@ impl Plugin for ApiKeyAuth {
         for name in [&settings.header, &settings.identity_header] {
             if !is_valid_header_name(name) {
                 return Err(format!("api-key-auth: {name:?} is not a valid header name"));
+            }
+            if is_reserved_header(name) {
+                return Err(format!(
+                    "api-key-auth: {name:?} is a framing header the gateway keeps to itself"
+                ));
             }
         }
         let header = settings.header.to_ascii_lowercase();
@@ -79,7 +85,7 @@ impl Plugin for ApiKeyAuth {
         let Some(presented) = req.header_bytes(&self.header).filter(|k| !k.is_empty()) else {
             return unauthorized("missing API key");
         };
-        let presented = digest(presented);
+        let presented = digest(&presented);
         // Compare against every key, without stopping at a match.
         let mut identity = None;
         for (key, id) in &self.keys {
@@ -107,12 +113,10 @@ fn unauthorized(message: &str) -> Action {
     )
 }
 
-export_plugin!(ApiKeyAuth);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxgate_sdk::testing::{self, Harness};
+    use fluxgate_sdk::testing::{self, Edit, Harness};
     use serde_json::json;
 
     fn plugin(config: serde_json::Value) -> Harness<ApiKeyAuth> {
@@ -138,40 +142,51 @@ mod tests {
     fn only_on_request() {
         let info = default_plugin().info();
         assert!(info.on_request && !info.on_response && !info.request_body);
+        assert_eq!(ApiKeyAuth::HOOKS, fluxgate_sdk::Hooks::ON_REQUEST);
     }
 
     #[test]
     fn missing_key_is_401() {
         let p = default_plugin();
-        assert_401(p.on_request(&testing::request().build()), "missing API key");
-        let empty = testing::request().header("x-api-key", "").build();
-        assert_401(p.on_request(&empty), "missing API key");
+        assert_401(
+            p.on_request(&mut testing::request().build()),
+            "missing API key",
+        );
+        let mut empty = testing::request().header("x-api-key", "").build();
+        assert_401(p.on_request(&mut empty), "missing API key");
     }
 
     #[test]
     fn wrong_key_is_401() {
         let p = default_plugin();
         for key in ["nope", "k", "k10", "K1"] {
-            let req = testing::request().header("x-api-key", key).build();
-            assert_401(p.on_request(&req), "invalid API key");
+            let mut req = testing::request().header("x-api-key", key).build();
+            assert_401(p.on_request(&mut req), "invalid API key");
+            assert!(req.edits().is_empty());
         }
     }
 
     #[test]
     fn good_key_forwards_identity_and_drops_the_key() {
         let p = default_plugin();
-        let req = testing::request()
+        let mut req = testing::request()
             .path("/orders")
             .header("X-Api-Key", "k2")
             .header("x-consumer-id", "spoofed")
             .build();
-        let edits = p.on_request(&req).into_edits();
-        assert_eq!(edits.remove_headers, vec!["x-api-key".to_string()]);
-        assert_eq!(edits.set_header("x-consumer-id"), Some("bob"));
-        assert_eq!(edits.path, None);
-        let forwarded = req.with_edits(&edits);
-        assert_eq!(forwarded.header("x-api-key"), None);
-        assert_eq!(forwarded.header("x-consumer-id"), Some("bob"));
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(
+            req.edits(),
+            [
+                Edit::RemoveHeader("x-api-key".into()),
+                Edit::SetHeader("x-consumer-id".into(), b"bob".to_vec()),
+            ]
+        );
+        assert_eq!(req.path(), "/orders");
+        assert_eq!(req.header("x-api-key"), None);
+        assert_eq!(req.header_values("x-consumer-id"), [b"bob"]);
+        // One header read: the key's.
+        assert_eq!(req.host_calls(), ["header", "remove-header", "set-header"]);
     }
 
     #[test]
@@ -181,13 +196,14 @@ mod tests {
             "header": "X-Key",
             "identity_header": "X-Who"
         }));
-        let req = testing::request().header("x-key", "secret").build();
-        let edits = p.on_request(&req).into_edits();
-        assert!(edits.removes_header("x-key"));
-        assert_eq!(edits.set_header("x-who"), Some("svc-a"));
+        let mut req = testing::request().header("x-key", "secret").build();
+        p.on_request(&mut req).assert_continue();
+        assert!(req.edits().contains(&Edit::RemoveHeader("x-key".into())));
+        assert_eq!(req.header("x-key"), None);
+        assert_eq!(req.header("x-who"), Some("svc-a"));
         // The default header name is not looked at.
-        let req = testing::request().header("x-api-key", "secret").build();
-        assert_401(p.on_request(&req), "missing API key");
+        let mut req = testing::request().header("x-api-key", "secret").build();
+        assert_401(p.on_request(&mut req), "missing API key");
     }
 
     #[test]
@@ -212,6 +228,8 @@ mod tests {
             json!({ "keys": ["k1"] }),
             json!({ "keys": { "k1": "alice" }, "header": "bad header" }),
             json!({ "keys": { "k1": "alice" }, "identity_header": "X-API-KEY" }),
+            json!({ "keys": { "k1": "alice" }, "identity_header": "Content-Length" }),
+            json!({ "keys": { "k1": "alice" }, "header": "connection" }),
             json!({ "keys": { "k1": "ali\nce" } }),
             json!({ "keys": { "k1": "alice" }, "unknown": true }),
         ] {

@@ -1,7 +1,7 @@
 //! header-rewrite: sets, removes and renames headers on the request and on the response.
 
 use fluxgate_sdk::{
-    Config, Info, Plugin, Request, Response, export_plugin, is_valid_header_name,
+    Action, Config, Info, Plugin, Request, Response, is_reserved_header, is_valid_header_name,
     is_valid_header_value,
 };
 use serde::Deserialize;
@@ -43,12 +43,16 @@ struct Rules {
 impl Rules {
     fn new(side: &str, config: RulesConfig) -> Result<Self, String> {
         let name = |n: &str| {
-            if is_valid_header_name(n) {
-                Ok(n.to_ascii_lowercase())
-            } else {
+            if !is_valid_header_name(n) {
                 Err(format!(
                     "header-rewrite: {side}: {n:?} is not a valid header name"
                 ))
+            } else if is_reserved_header(n) {
+                Err(format!(
+                    "header-rewrite: {side}: {n:?} is a framing header the gateway keeps to itself"
+                ))
+            } else {
+                Ok(n.to_ascii_lowercase())
             }
         };
         let mut rules = Rules::default();
@@ -76,7 +80,8 @@ impl Rules {
         self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty()
     }
 
-    /// Applies the rules in order: remove, rename, set.
+    /// Applies the rules in order: remove, rename, set. Reads only the headers the
+    /// renames name (one host call each), never the whole header list.
     fn apply<H: HeaderAccess>(&self, headers: &mut H) {
         for name in &self.remove {
             headers.remove(name);
@@ -110,9 +115,9 @@ trait HeaderAccess {
     fn set(&mut self, name: &str, value: &[u8]);
 }
 
-impl HeaderAccess for Request {
+impl HeaderAccess for Request<'_> {
     fn values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.header_values(name).map(<[u8]>::to_vec).collect()
+        self.header_values(name)
     }
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
@@ -122,9 +127,9 @@ impl HeaderAccess for Request {
     }
 }
 
-impl HeaderAccess for Response {
+impl HeaderAccess for Response<'_> {
     fn values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.header_values(name).map(<[u8]>::to_vec).collect()
+        self.header_values(name)
     }
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
@@ -140,6 +145,7 @@ pub struct HeaderRewrite {
     response: Rules,
 }
 
+#[fluxgate_sdk::plugin]
 impl Plugin for HeaderRewrite {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
@@ -153,23 +159,22 @@ impl Plugin for HeaderRewrite {
         Ok(plugin)
     }
 
+    /// A direction without rules is not called at all.
     fn info(&self) -> Info {
-        Info::none()
+        Info::new()
             .on_request(!self.request.is_empty())
             .on_response(!self.response.is_empty())
     }
 
-    fn on_request(&self, req: &mut Request) -> fluxgate_sdk::Action {
+    fn on_request(&self, req: &mut Request) -> Action {
         self.request.apply(req);
-        fluxgate_sdk::Action::Continue
+        Action::Continue
     }
 
     fn on_response(&self, _req: &Request, resp: &mut Response) {
         self.response.apply(resp);
     }
 }
-
-export_plugin!(HeaderRewrite);
 
 #[cfg(test)]
 mod tests {
@@ -204,25 +209,28 @@ mod tests {
                 "rename": { "x-old": "X-New", "x-nope": "x-never" }
             }
         }));
-        let req = testing::request()
+        let mut req = testing::request()
             .header("x-internal", "secret")
             .header("x-old", "1")
             .header("x-old", "2")
             .header("x-env", "dev")
             .header("x-keep", "k")
             .build();
-        let edits = p.on_request(&req).into_edits();
-        let mut removed = edits.remove_headers.clone();
-        removed.sort();
-        assert_eq!(removed, vec!["x-internal", "x-old"]);
-        assert_eq!(edits.set_header("x-new"), Some("1, 2"));
-        assert_eq!(edits.set_header("x-gateway"), Some("fluxgate"));
-        assert_eq!(edits.set_header("x-env"), Some("prod"));
-        assert_eq!(edits.set_header("x-never"), None);
-        let fwd = req.with_edits(&edits);
-        assert_eq!(fwd.header("x-keep"), Some("k"));
-        assert_eq!(fwd.header("x-old"), None);
-        assert_eq!(fwd.header("x-internal"), None);
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-new"), Some("1, 2"));
+        assert_eq!(req.header("x-gateway"), Some("fluxgate"));
+        assert_eq!(req.header_values("x-env"), [b"prod"]);
+        assert_eq!(req.header("x-never"), None);
+        assert_eq!(req.header("x-keep"), Some("k"));
+        assert_eq!(req.header("x-old"), None);
+        assert_eq!(req.header("x-internal"), None);
+        // Cheap: the only reads are one per rename, never the whole header list.
+        let reads: Vec<&str> = req
+            .host_calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("set-") && !c.starts_with("remove-"))
+            .collect();
+        assert_eq!(reads, ["header-values", "header-values"]);
     }
 
     #[test]
@@ -234,40 +242,44 @@ mod tests {
                 "rename": { "x-upstream-id": "x-request-id" }
             }
         }));
-        let req = testing::request().build();
-        assert!(p.on_request(&req).into_edits().is_empty());
-        let resp = testing::response(200)
+        let mut req = testing::request().build();
+        // No request rules: on_request is not called.
+        p.on_request(&mut req).assert_continue();
+        assert!(req.edits().is_empty() && req.host_calls().is_empty());
+        let mut resp = testing::response(200)
             .header("Server", "nginx")
             .header("x-upstream-id", "abc")
             .build();
-        let edits = p.on_response(&req, &resp);
-        assert_eq!(edits.status, None);
-        assert!(edits.removes_header("server"));
-        assert!(edits.removes_header("x-upstream-id"));
-        assert_eq!(edits.set_header("x-request-id"), Some("abc"));
-        assert_eq!(edits.set_header("x-powered-by"), Some("fluxgate"));
+        p.on_response(&req, &mut resp);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.header("server"), None);
+        assert_eq!(resp.header("x-upstream-id"), None);
+        assert_eq!(resp.header("x-request-id"), Some("abc"));
+        assert_eq!(resp.header("x-powered-by"), Some("fluxgate"));
+        assert!(!resp.host_calls().contains(&"headers"));
     }
 
     #[test]
     fn renames_happen_at_once() {
         let p = plugin(json!({ "request": { "rename": { "x-a": "x-b", "x-b": "x-a" } } }));
-        let req = testing::request()
+        let mut req = testing::request()
             .header("x-a", "1")
             .header("x-b", "2")
             .build();
-        let fwd = req.with_edits(&p.on_request(&req).into_edits());
-        assert_eq!(fwd.header("x-a"), Some("2"));
-        assert_eq!(fwd.header("x-b"), Some("1"));
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-a"), Some("2"));
+        assert_eq!(req.header("x-b"), Some("1"));
     }
 
     #[test]
-    fn nothing_to_do_is_no_edit() {
+    fn nothing_to_do_changes_nothing() {
         let p = plugin(json!({ "request": { "remove": ["x-a"], "rename": { "x-b": "x-c" } } }));
-        assert!(
-            p.on_request(&testing::request().header("x-d", "1").build())
-                .into_edits()
-                .is_empty()
-        );
+        let mut req = testing::request().header("x-d", "1").build();
+        let before = req.clone();
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.headers(), before.headers());
+        assert_eq!(req.path(), before.path());
+        assert_eq!(req.query(), before.query());
     }
 
     #[test]
@@ -293,6 +305,8 @@ mod tests {
             json!({ "response": { "remove": [""] } }),
             json!({ "response": { "rename": { "a": "b:c" } } }),
             json!({ "request": { "add": { "a": "b" } } }),
+            json!({ "request": { "remove": ["Content-Length"] } }),
+            json!({ "response": { "rename": { "x-len": "transfer-encoding" } } }),
         ] {
             assert!(
                 testing::init_json::<HeaderRewrite>(&config).is_err(),

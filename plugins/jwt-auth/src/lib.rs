@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::alphabet::URL_SAFE;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use fluxgate_sdk::{
-    Action, Config, DirectResponse, Plugin, Request, export_plugin, is_valid_header_name,
+    Action, Config, DirectResponse, Plugin, Request, is_reserved_header, is_valid_header_name,
     is_valid_header_value, log, now_ms,
 };
 use hmac::{Hmac, Mac};
@@ -52,6 +52,7 @@ pub struct JwtAuth {
     header: String,
 }
 
+#[fluxgate_sdk::plugin]
 impl Plugin for JwtAuth {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
@@ -69,6 +70,11 @@ impl Plugin for JwtAuth {
             if !is_valid_header_name(&header) {
                 return Err(format!("jwt-auth: {header:?} is not a valid header name"));
             }
+            if is_reserved_header(&header) {
+                return Err(format!(
+                    "jwt-auth: {header:?} is a framing header the gateway keeps to itself"
+                ));
+            }
             claims_to_headers.push((claim, header.to_ascii_lowercase()));
         }
         Ok(Self {
@@ -80,8 +86,9 @@ impl Plugin for JwtAuth {
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
-        let claims = match req
-            .header(&self.header)
+        let value = req.header(&self.header);
+        let claims = match value
+            .as_deref()
             .ok_or("missing bearer token")
             .and_then(bearer_token)
             .and_then(|token| self.verify(token))
@@ -182,12 +189,10 @@ fn claim_text(value: &Value) -> Option<String> {
     }
 }
 
-export_plugin!(JwtAuth);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxgate_sdk::testing::{self, Harness, RequestOutcome};
+    use fluxgate_sdk::testing::{self, Edit, Harness, RequestOutcome};
     use serde_json::json;
 
     const SECRET: &str = "s3cret";
@@ -237,9 +242,13 @@ mod tests {
     fn valid_token_forwards_sub() {
         let p = default_plugin();
         let t = token(json!({ "sub": "alice", "exp": NOW_S + 60 }));
-        let edits = p.on_request(&with_token(&t)).into_edits();
-        assert_eq!(edits.set_header("x-jwt-sub"), Some("alice"));
-        assert!(edits.remove_headers.is_empty());
+        let mut req = with_token(&t);
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(
+            req.edits(),
+            [Edit::SetHeader("x-jwt-sub".into(), b"alice".to_vec())]
+        );
+        assert_eq!(req.header("x-jwt-sub"), Some("alice"));
     }
 
     #[test]
@@ -252,46 +261,53 @@ mod tests {
             }
         }));
         let t = token(json!({ "sub": "bob", "uid": 42, "admin": true, "roles": ["a", "b"] }));
-        let req = testing::request()
+        let mut req = testing::request()
             .header("Authorization", format!("bearer {t}"))
             .header("x-missing", "spoofed")
             .build();
-        let edits = p.on_request(&req).into_edits();
-        assert_eq!(edits.set_header("x-sub"), Some("bob"));
-        assert_eq!(edits.set_header("x-uid"), Some("42"));
-        assert_eq!(edits.set_header("x-admin"), Some("true"));
-        assert_eq!(edits.set_header("x-roles"), Some(r#"["a","b"]"#));
-        assert!(edits.removes_header("x-missing"));
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-sub"), Some("bob"));
+        assert_eq!(req.header("x-uid"), Some("42"));
+        assert_eq!(req.header("x-admin"), Some("true"));
+        assert_eq!(req.header("x-roles"), Some(r#"["a","b"]"#));
+        assert_eq!(req.header("x-missing"), None);
+        assert!(
+            req.edits()
+                .contains(&Edit::RemoveHeader("x-missing".into()))
+        );
     }
 
     #[test]
     fn missing_or_malformed_header() {
         let p = default_plugin();
         assert_401(
-            p.on_request(&testing::request().build()),
+            p.on_request(&mut testing::request().build()),
             "missing bearer token",
         );
-        let basic = testing::request()
+        let mut basic = testing::request()
             .header("authorization", "Basic YTpi")
             .build();
-        assert_401(p.on_request(&basic), "missing bearer token");
-        assert_401(p.on_request(&with_token("a.b")), "malformed token");
-        assert_401(p.on_request(&with_token("a.b.c.d")), "malformed token");
-        assert_401(p.on_request(&with_token("!!.e30.AA")), "malformed token");
+        assert_401(p.on_request(&mut basic), "missing bearer token");
+        assert_401(p.on_request(&mut with_token("a.b")), "malformed token");
+        assert_401(p.on_request(&mut with_token("a.b.c.d")), "malformed token");
+        assert_401(
+            p.on_request(&mut with_token("!!.e30.AA")),
+            "malformed token",
+        );
     }
 
     #[test]
     fn wrong_signature() {
         let p = default_plugin();
         let t = sign(&json!({ "alg": "HS256" }), &json!({ "sub": "x" }), "other");
-        assert_401(p.on_request(&with_token(&t)), "invalid signature");
+        assert_401(p.on_request(&mut with_token(&t)), "invalid signature");
         // A tampered payload with the original signature.
         let good = token(json!({ "sub": "alice" }));
         let evil = token(json!({ "sub": "admin" }));
         let parts: Vec<&str> = good.split('.').collect();
         let evil_parts: Vec<&str> = evil.split('.').collect();
         let forged = format!("{}.{}.{}", parts[0], evil_parts[1], parts[2]);
-        assert_401(p.on_request(&with_token(&forged)), "invalid signature");
+        assert_401(p.on_request(&mut with_token(&forged)), "invalid signature");
     }
 
     #[test]
@@ -303,51 +319,54 @@ mod tests {
             B64.encode(json!({ "alg": "none" }).to_string()),
             B64.encode(claims.to_string())
         );
-        assert_401(p.on_request(&with_token(&none)), "unsupported algorithm");
+        assert_401(
+            p.on_request(&mut with_token(&none)),
+            "unsupported algorithm",
+        );
         for alg in ["HS512", "RS256", "hs256"] {
             let t = sign(&json!({ "alg": alg }), &claims, SECRET);
-            assert_401(p.on_request(&with_token(&t)), "unsupported algorithm");
+            assert_401(p.on_request(&mut with_token(&t)), "unsupported algorithm");
         }
         let t = sign(&json!({ "typ": "JWT" }), &claims, SECRET);
-        assert_401(p.on_request(&with_token(&t)), "unsupported algorithm");
+        assert_401(p.on_request(&mut with_token(&t)), "unsupported algorithm");
     }
 
     #[test]
     fn exp_and_nbf_with_leeway() {
         let p = default_plugin();
         let expired = token(json!({ "sub": "a", "exp": NOW_S }));
-        assert_401(p.on_request(&with_token(&expired)), "token expired");
+        assert_401(p.on_request(&mut with_token(&expired)), "token expired");
         let early = token(json!({ "sub": "a", "nbf": NOW_S + 1 }));
-        assert_401(p.on_request(&with_token(&early)), "token not yet valid");
+        assert_401(p.on_request(&mut with_token(&early)), "token not yet valid");
         let bad = token(json!({ "sub": "a", "exp": "soon" }));
-        assert_401(p.on_request(&with_token(&bad)), "invalid exp claim");
+        assert_401(p.on_request(&mut with_token(&bad)), "invalid exp claim");
         let bad = token(json!({ "sub": "a", "nbf": null }));
-        assert_401(p.on_request(&with_token(&bad)), "invalid nbf claim");
+        assert_401(p.on_request(&mut with_token(&bad)), "invalid nbf claim");
         let ok = token(json!({ "sub": "a", "nbf": NOW_S, "exp": NOW_S + 1 }));
-        assert!(p.on_request(&with_token(&ok)).is_continue());
+        assert!(p.on_request(&mut with_token(&ok)).is_continue());
 
         let lenient = plugin(json!({ "secret": SECRET, "leeway_s": 30 }));
         let t = token(json!({ "sub": "a", "exp": NOW_S - 29, "nbf": NOW_S + 29 }));
-        assert!(lenient.on_request(&with_token(&t)).is_continue());
+        assert!(lenient.on_request(&mut with_token(&t)).is_continue());
         let t = token(json!({ "sub": "a", "exp": NOW_S - 30 }));
-        assert_401(lenient.on_request(&with_token(&t)), "token expired");
+        assert_401(lenient.on_request(&mut with_token(&t)), "token expired");
 
         // The host clock decides: the same token expires as time passes.
         let t = token(json!({ "sub": "a", "exp": NOW_S + 10 }));
-        assert!(p.on_request(&with_token(&t)).is_continue());
+        assert!(p.on_request(&mut with_token(&t)).is_continue());
         testing::advance_ms(10_000);
-        assert_401(p.on_request(&with_token(&t)), "token expired");
+        assert_401(p.on_request(&mut with_token(&t)), "token expired");
     }
 
     #[test]
     fn custom_header() {
         let p = plugin(json!({ "secret": SECRET, "header": "X-Token" }));
         let t = token(json!({ "sub": "carol" }));
-        let req = testing::request()
+        let mut req = testing::request()
             .header("x-token", format!("Bearer {t}"))
             .build();
-        let edits = p.on_request(&req).into_edits();
-        assert_eq!(edits.set_header("x-jwt-sub"), Some("carol"));
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-jwt-sub"), Some("carol"));
     }
 
     #[test]
@@ -367,6 +386,7 @@ mod tests {
             json!({ "secret": "" }),
             json!({ "secret": "k", "header": "a b" }),
             json!({ "secret": "k", "claims_to_headers": { "sub": "x y" } }),
+            json!({ "secret": "k", "claims_to_headers": { "sub": "Upgrade" } }),
             json!({ "secret": "k", "leeway_s": -1 }),
             json!({ "secret": "k", "algorithm": "HS256" }),
         ] {

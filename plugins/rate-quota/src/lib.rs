@@ -1,8 +1,8 @@
 //! rate-quota: a daily request quota (UTC days) per API key header or client IP, counted in the plugin kv store.
 
 use fluxgate_sdk::{
-    Action, Config, DirectResponse, Info, Plugin, Request, Response, export_plugin,
-    is_valid_header_name, kv, now_ms,
+    Action, Config, DirectResponse, Plugin, Request, Response, is_valid_header_name, kv, log,
+    now_ms,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +58,8 @@ impl RateQuota {
     /// The caller's id; an error response if there is none.
     fn caller(&self, req: &Request) -> Result<String, Action> {
         let id = match &self.source {
-            KeySource::ClientIp => Some(req.client_ip().to_string()),
-            KeySource::Header(name) => req.header(name).map(str::to_string),
+            KeySource::ClientIp => Some(req.client_ip()),
+            KeySource::Header(name) => req.header(name),
         };
         match id {
             Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(id),
@@ -87,6 +87,7 @@ impl RateQuota {
     }
 }
 
+#[fluxgate_sdk::plugin]
 impl Plugin for RateQuota {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
@@ -123,17 +124,24 @@ impl Plugin for RateQuota {
         })
     }
 
-    fn info(&self) -> Info {
-        Info::new().on_response(true)
-    }
-
     fn on_request(&self, req: &mut Request) -> Action {
         let id = match self.caller(req) {
             Ok(id) => id,
             Err(action) => return action,
         };
         let (day, ttl_ms) = day_and_ttl();
-        let used = kv::incr(&format!("{day}:{id}"), 1, Some(ttl_ms));
+        let used = match kv::incr(&format!("{day}:{id}"), 1, Some(ttl_ms)) {
+            Ok(used) => used,
+            // Not counted, not let through: as the gateway's default on_error (deny).
+            Err(e) => {
+                log::error!("rate-quota: the kv store refused the count: {e}");
+                return Action::Respond(DirectResponse::error(
+                    500,
+                    "plugin_error",
+                    "quota store unavailable",
+                ));
+            }
+        };
         if u64::try_from(used).is_ok_and(|used| used > self.limit) {
             let retry_after_s = ttl_ms.div_ceil(1000);
             return Action::Respond(
@@ -150,9 +158,11 @@ impl Plugin for RateQuota {
         let Ok(id) = self.caller(req) else {
             return;
         };
-        // Reads the count without changing it (delta 0).
-        let (day, ttl_ms) = day_and_ttl();
-        let used = kv::incr(&format!("{day}:{id}"), 0, Some(ttl_ms));
+        // Reads the count (a read, not a write: kv::incr with 0 would count as one).
+        let (day, _) = day_and_ttl();
+        let used = kv::get_string(&format!("{day}:{id}"))
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0);
         resp.set_header(&self.limit_header, self.limit.to_string());
         resp.set_header(&self.remaining_header, self.remaining(used).to_string());
     }
@@ -170,8 +180,6 @@ fn quota_body(limit: u64) -> impl Serialize {
         message: format!("daily quota of {limit} requests used"),
     }
 }
-
-export_plugin!(RateQuota);
 
 #[cfg(test)]
 mod tests {
@@ -192,23 +200,30 @@ mod tests {
         testing::request().header("x-api-key", key).build()
     }
 
+    /// The response headers `on_response` sets for `req`.
+    fn answered(p: &Harness<RateQuota>, req: &testing::TestRequest) -> testing::TestResponse {
+        let mut resp = testing::response(200).build();
+        p.on_response(req, &mut resp);
+        resp
+    }
+
     #[test]
     fn counts_up_to_the_limit_then_429() {
         let p = plugin(json!({ "limit": 2 }));
         assert!(p.info().on_request && p.info().on_response);
-        let req = keyed("k1");
-        let resp = testing::response(200).build();
+        let mut req = keyed("k1");
 
-        assert!(p.on_request(&req).into_edits().is_empty());
-        let edits = p.on_response(&req, &resp);
-        assert_eq!(edits.set_header("x-quota-limit"), Some("2"));
-        assert_eq!(edits.set_header("x-quota-remaining"), Some("1"));
+        p.on_request(&mut req).assert_continue();
+        assert!(req.edits().is_empty());
+        let resp = answered(&p, &req);
+        assert_eq!(resp.header("x-quota-limit"), Some("2"));
+        assert_eq!(resp.header("x-quota-remaining"), Some("1"));
 
-        assert!(p.on_request(&req).is_continue());
-        let edits = p.on_response(&req, &resp);
-        assert_eq!(edits.set_header("x-quota-remaining"), Some("0"));
+        assert!(p.on_request(&mut req).is_continue());
+        let resp = answered(&p, &req);
+        assert_eq!(resp.header("x-quota-remaining"), Some("0"));
 
-        let denied = p.on_request(&req).into_response();
+        let denied = p.on_request(&mut req).into_response();
         assert_eq!(denied.status(), 429);
         assert_eq!(denied.header("retry-after"), Some("6400"));
         assert_eq!(denied.header("x-quota-remaining"), Some("0"));
@@ -221,20 +236,20 @@ mod tests {
         );
 
         // Another key has its own quota.
-        assert!(p.on_request(&keyed("k2")).is_continue());
+        assert!(p.on_request(&mut keyed("k2")).is_continue());
     }
 
     #[test]
     fn the_quota_resets_at_utc_midnight() {
         let p = plugin(json!({ "limit": 1 }));
-        let req = keyed("k1");
-        assert!(p.on_request(&req).is_continue());
-        assert!(!p.on_request(&req).is_continue());
+        let mut req = keyed("k1");
+        assert!(p.on_request(&mut req).is_continue());
+        assert!(!p.on_request(&mut req).is_continue());
         testing::advance_ms(6_399_000);
-        let denied = p.on_request(&req).into_response();
+        let denied = p.on_request(&mut req).into_response();
         assert_eq!(denied.header("retry-after"), Some("1"));
         testing::advance_ms(1_000);
-        assert!(p.on_request(&req).is_continue(), "a new day");
+        assert!(p.on_request(&mut req).is_continue(), "a new day");
         // The old day's counter expired with its TTL.
         assert_eq!(kv::get("19675:k1"), None);
         assert_eq!(kv::get_string("19676:k1").as_deref(), Some("1"));
@@ -243,40 +258,42 @@ mod tests {
     #[test]
     fn missing_key_is_401() {
         let p = plugin(json!({ "limit": 5 }));
-        let resp = p.on_request(&testing::request().build()).into_response();
+        let resp = p
+            .on_request(&mut testing::request().build())
+            .into_response();
         assert_eq!(resp.status(), 401);
         assert_eq!(
             resp.body_json::<serde_json::Value>(),
             Ok(json!({ "error": "unauthorized", "message": "missing x-api-key header" }))
         );
         // No key on the response side: nothing added.
-        let edits = p.on_response(&testing::request().build(), &testing::response(200).build());
-        assert!(edits.is_empty());
+        let resp = answered(&p, &testing::request().build());
+        assert!(resp.edits().is_empty());
     }
 
     #[test]
     fn by_ip_with_custom_prefix() {
         let p = plugin(json!({ "limit": 3, "key": "ip", "header_prefix": "X-RateLimit" }));
-        let a = testing::request().client_ip("10.0.0.1").build();
-        let b = testing::request().client_ip("::1").build();
-        assert!(p.on_request(&a).is_continue());
-        assert!(p.on_request(&a).is_continue());
-        assert!(p.on_request(&b).is_continue());
-        let edits = p.on_response(&a, &testing::response(200).build());
-        assert_eq!(edits.set_header("x-ratelimit-limit"), Some("3"));
-        assert_eq!(edits.set_header("x-ratelimit-remaining"), Some("1"));
+        let mut a = testing::request().client_ip("10.0.0.1").build();
+        let mut b = testing::request().client_ip("::1").build();
+        assert!(p.on_request(&mut a).is_continue());
+        assert!(p.on_request(&mut a).is_continue());
+        assert!(p.on_request(&mut b).is_continue());
+        let resp = answered(&p, &a);
+        assert_eq!(resp.header("x-ratelimit-limit"), Some("3"));
+        assert_eq!(resp.header("x-ratelimit-remaining"), Some("1"));
     }
 
     #[test]
     fn custom_header_key() {
         let p = plugin(json!({ "limit": 1, "key": "header:X-Consumer-Id" }));
-        let req = testing::request().header("x-consumer-id", "alice").build();
-        assert!(p.on_request(&req).is_continue());
-        assert_eq!(p.on_request(&req).into_response().status(), 429);
-        let long = testing::request()
+        let mut req = testing::request().header("x-consumer-id", "alice").build();
+        assert!(p.on_request(&mut req).is_continue());
+        assert_eq!(p.on_request(&mut req).into_response().status(), 429);
+        let mut long = testing::request()
             .header("x-consumer-id", "a".repeat(MAX_ID_BYTES + 1))
             .build();
-        assert_eq!(p.on_request(&long).into_response().status(), 400);
+        assert_eq!(p.on_request(&mut long).into_response().status(), 400);
     }
 
     #[test]

@@ -1,17 +1,16 @@
 //! bad-init (test plugin): `init` always fails, to exercise the gateway's handling of rejected plugins.
 
-use fluxgate_sdk::{Config, Plugin, export_plugin};
+use fluxgate_sdk::{Config, Plugin};
 
 /// Refuses every config.
 pub struct BadInit;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for BadInit {
     fn init(_config: Config) -> Result<Self, String> {
         Err("bad-init refuses to start".into())
     }
 }
-
-export_plugin!(BadInit);
 
 #[cfg(test)]
 mod tests {

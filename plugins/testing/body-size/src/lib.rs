@@ -1,11 +1,12 @@
 //! body-size (test plugin): asks for the request body and sets `x-body-size` to its
 //! length (`none` when the gateway passed no body), to exercise `plugins.max_body_bytes`.
 
-use fluxgate_sdk::{Action, Config, Info, Plugin, Request, export_plugin};
+use fluxgate_sdk::{Action, Config, Info, Plugin, Request};
 
 /// Reports the size of the buffered request body.
 pub struct BodySize;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for BodySize {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Self)
@@ -24,8 +25,6 @@ impl Plugin for BodySize {
     }
 }
 
-export_plugin!(BodySize);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,8 +33,12 @@ mod tests {
     #[test]
     fn reports_the_body_size() {
         let p = testing::init::<BodySize>("{}").unwrap_or_else(|e| panic!("{e}"));
-        let req = testing::request().body("hello").build();
-        let edits = p.on_request(&req).into_edits();
-        assert_eq!(edits.set_header("x-body-size"), Some("5"));
+        assert!(p.info().request_body);
+        let mut req = testing::request().body("hello").build();
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-body-size"), Some("5"));
+        let mut req = testing::request().build();
+        p.on_request(&mut req).assert_continue();
+        assert_eq!(req.header("x-body-size"), Some("none"));
     }
 }

@@ -1,10 +1,11 @@
 //! hog (test plugin): `on_request` allocates and touches memory without bound, to exercise the gateway's memory limit.
 
-use fluxgate_sdk::{Action, Config, Plugin, Request, export_plugin};
+use fluxgate_sdk::{Action, Config, Plugin, Request};
 
 /// Allocates 1 MiB chunks in `on_request` until the instance runs out of memory.
 pub struct Hog;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for Hog {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Self)
@@ -19,5 +20,3 @@ impl Plugin for Hog {
         }
     }
 }
-
-export_plugin!(Hog);

@@ -1,10 +1,11 @@
 //! spin (test plugin): `on_request` loops forever, to exercise the gateway's execution time limit.
 
-use fluxgate_sdk::{Action, Config, Plugin, Request, export_plugin};
+use fluxgate_sdk::{Action, Config, Plugin, Request};
 
 /// Never returns from `on_request`.
 pub struct Spin;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for Spin {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Self)
@@ -18,5 +19,3 @@ impl Plugin for Spin {
         }
     }
 }
-
-export_plugin!(Spin);

@@ -1,21 +1,18 @@
 //! trap (test plugin): `on_request` traps unless the request has `x-trap: no`; then the response gets `x-trap-plugin: ok`.
 
-use fluxgate_sdk::{Action, Config, Info, Plugin, Request, Response, export_plugin};
+use fluxgate_sdk::{Action, Config, Plugin, Request, Response};
 
 /// Traps in `on_request` unless told not to.
 pub struct Trap;
 
+#[fluxgate_sdk::plugin]
 impl Plugin for Trap {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Self)
     }
 
-    fn info(&self) -> Info {
-        Info::new().on_response(true)
-    }
-
     fn on_request(&self, req: &mut Request) -> Action {
-        if req.header("x-trap") == Some("no") {
+        if req.header("x-trap").as_deref() == Some("no") {
             return Action::Continue;
         }
         trap()
@@ -34,8 +31,6 @@ fn trap() -> ! {
     panic!("trap plugin: trapping");
 }
 
-export_plugin!(Trap);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,16 +39,18 @@ mod tests {
     #[test]
     fn continues_with_x_trap_no() {
         let p = testing::init::<Trap>("{}").unwrap_or_else(|e| panic!("{e}"));
-        let req = testing::request().header("x-trap", "no").build();
-        assert!(p.on_request(&req).into_edits().is_empty());
-        let edits = p.on_response(&req, &testing::response(200).build());
-        assert_eq!(edits.set_header("x-trap-plugin"), Some("ok"));
+        let mut req = testing::request().header("x-trap", "no").build();
+        p.on_request(&mut req).assert_continue();
+        assert!(req.edits().is_empty());
+        let mut resp = testing::response(200).build();
+        p.on_response(&req, &mut resp);
+        assert_eq!(resp.header("x-trap-plugin"), Some("ok"));
     }
 
     #[test]
     #[should_panic(expected = "trapping")]
     fn traps_otherwise() {
         let p = testing::init::<Trap>("{}").unwrap_or_else(|e| panic!("{e}"));
-        p.on_request(&testing::request().build());
+        p.on_request(&mut testing::request().build());
     }
 }
