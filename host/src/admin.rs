@@ -162,10 +162,16 @@ fn refresh_target_gauges(gateway: &Gateway, snapshot: &Snapshot) {
     }
 }
 
+/// The Prometheus text `/metrics` serves, with the gauges read at scrape time brought
+/// up to date.
+pub fn render_metrics(gateway: &Gateway, snapshot: &Snapshot) -> String {
+    refresh_target_gauges(gateway, snapshot);
+    gateway.metrics.render()
+}
+
 /// `GET /metrics`: Prometheus text format.
 fn metrics(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
-    refresh_target_gauges(gateway, snapshot);
-    let mut response = Response::new(GatewayBody::full(gateway.metrics.render()));
+    let mut response = Response::new(GatewayBody::full(render_metrics(gateway, snapshot)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -75,6 +75,14 @@ impl Process {
         panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n"));
     }
 
+    /// A line containing `needle` seen already, or else the next one (bounded).
+    pub(crate) fn seen_or_wait_for(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
     /// Every stdout line read so far, after draining what is already there.
     pub(crate) fn seen_lines(&mut self) -> Vec<String> {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {

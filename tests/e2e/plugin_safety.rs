@@ -16,9 +16,7 @@ use crate::support::{PATIENCE, Reply, TestClient, TestGateway, client, get};
 
 /// Minimal join_all over tokio tasks (no futures crate in the tests).
 mod futures_util_lite {
-    pub async fn join_all<T: Send + 'static>(
-        tasks: Vec<tokio::task::JoinHandle<T>>,
-    ) -> Vec<T> {
+    pub async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         let mut out = Vec::with_capacity(tasks.len());
         for task in tasks {
             out.push(task.await.expect("task"));
@@ -56,7 +54,8 @@ async fn gateway(
 }
 
 fn metric(gw: &TestGateway, line_start: &str) -> u64 {
-    let text = gw.gateway.metrics.render();
+    // What /metrics shows (the per-plugin breaker gauge is brought up to date there).
+    let text = fluxgate_host::admin::render_metrics(&gw.gateway, &gw.gateway.snapshot());
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -123,7 +122,11 @@ async fn a_spinning_plugin_is_cut_off_and_short_circuited_while_other_routes_are
     }
     others.await.unwrap();
     assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
-    assert_eq!(plugin_errors(&gw, "spin", "timeout"), 4, "two per wave until it opened");
+    assert_eq!(
+        plugin_errors(&gw, "spin", "timeout"),
+        4,
+        "two per wave until it opened"
+    );
     assert_eq!(plugin_errors(&gw, "spin", "busy"), 8);
     assert_eq!(plugin_errors(&gw, "spin", "circuit_open"), 8);
     let spin = health(&c, &gw).await["plugins"]
@@ -146,27 +149,75 @@ async fn a_spinning_plugin_is_cut_off_and_short_circuited_while_other_routes_are
 async fn plugin_output_that_breaks_a_rule_fails_only_that_request() {
     let up = Upstream::start("u").await;
     let cases: &[(&str, &str)] = &[
-        ("/flood-request", r#"{ name = "header-flood", config = { n = 100000 } }"#),
-        ("/flood-direct", r#"{ name = "header-flood", config = { n = 30000, respond = true } }"#),
-        ("/flood-response", r#"{ name = "header-flood", config = { n = 100000, on = "response" } }"#),
+        (
+            "/flood-request",
+            r#"{ name = "header-flood", config = { n = 100000 } }"#,
+        ),
+        (
+            "/flood-direct",
+            r#"{ name = "header-flood", config = { n = 30000, respond = true } }"#,
+        ),
+        (
+            "/flood-response",
+            r#"{ name = "header-flood", config = { n = 100000, on = "response" } }"#,
+        ),
         ("/s101", r#"{ name = "status", config = { status = 101 } }"#),
         ("/s100", r#"{ name = "status", config = { status = 100 } }"#),
         ("/s103", r#"{ name = "status", config = { status = 103 } }"#),
         ("/s600", r#"{ name = "status", config = { status = 600 } }"#),
         ("/s999", r#"{ name = "status", config = { status = 999 } }"#),
-        ("/r101", r#"{ name = "status", config = { status = 101, on = "response" } }"#),
-        ("/cl", r#"{ name = "forbidden-header", config = { name = "content-length", value = "5" } }"#),
-        ("/te", r#"{ name = "forbidden-header", config = { name = "transfer-encoding", value = "chunked" } }"#),
-        ("/conn", r#"{ name = "forbidden-header", config = { name = "connection", value = "close" } }"#),
-        ("/upgrade", r#"{ name = "forbidden-header", config = { name = "upgrade", value = "h2c" } }"#),
-        ("/crlf", "{ name = \"forbidden-header\", config = { name = \"x-a\", value = \"a\\r\\nx-b: smuggled\" } }"),
-        ("/nul", "{ name = \"forbidden-header\", config = { name = \"x-a\", value = \"a\\u0000b\" } }"),
-        ("/badname", r#"{ name = "forbidden-header", config = { name = "x a", value = "1" } }"#),
-        ("/resp-cl", r#"{ name = "forbidden-header", config = { name = "content-length", value = "1", on = "response" } }"#),
-        ("/climb", r#"{ name = "path-edit", config = { path = "/../etc/passwd" } }"#),
-        ("/relative", r#"{ name = "path-edit", config = { path = "no-slash" } }"#),
-        ("/fragment", r#"{ name = "path-edit", config = { query = "a#b" } }"#),
-        ("/big-stash", r#"{ name = "stash", config = { bytes = 5000 } }"#),
+        (
+            "/r101",
+            r#"{ name = "status", config = { status = 101, on = "response" } }"#,
+        ),
+        (
+            "/cl",
+            r#"{ name = "forbidden-header", config = { name = "content-length", value = "5" } }"#,
+        ),
+        (
+            "/te",
+            r#"{ name = "forbidden-header", config = { name = "transfer-encoding", value = "chunked" } }"#,
+        ),
+        (
+            "/conn",
+            r#"{ name = "forbidden-header", config = { name = "connection", value = "close" } }"#,
+        ),
+        (
+            "/upgrade",
+            r#"{ name = "forbidden-header", config = { name = "upgrade", value = "h2c" } }"#,
+        ),
+        (
+            "/crlf",
+            "{ name = \"forbidden-header\", config = { name = \"x-a\", value = \"a\\r\\nx-b: smuggled\" } }",
+        ),
+        (
+            "/nul",
+            "{ name = \"forbidden-header\", config = { name = \"x-a\", value = \"a\\u0000b\" } }",
+        ),
+        (
+            "/badname",
+            r#"{ name = "forbidden-header", config = { name = "x a", value = "1" } }"#,
+        ),
+        (
+            "/resp-cl",
+            r#"{ name = "forbidden-header", config = { name = "content-length", value = "1", on = "response" } }"#,
+        ),
+        (
+            "/climb",
+            r#"{ name = "path-edit", config = { path = "/../etc/passwd" } }"#,
+        ),
+        (
+            "/relative",
+            r#"{ name = "path-edit", config = { path = "no-slash" } }"#,
+        ),
+        (
+            "/fragment",
+            r#"{ name = "path-edit", config = { query = "a#b" } }"#,
+        ),
+        (
+            "/big-stash",
+            r#"{ name = "stash", config = { bytes = 5000 } }"#,
+        ),
     ];
     let mut routes: Vec<(&str, &str)> = cases.to_vec();
     routes.push(("/ok/*", ""));
@@ -174,11 +225,15 @@ async fn plugin_output_that_breaks_a_rule_fails_only_that_request() {
         "/host",
         r#"{ name = "forbidden-header", config = { name = "host", value = "other.example" } }"#,
     ));
-    routes.push(("/moved", r#"{ name = "path-edit", config = { path = "/a/./b/../c", query = "q=1" } }"#));
+    routes.push((
+        "/moved",
+        r#"{ name = "path-edit", config = { path = "/a/./b/../c", query = "q=1" } }"#,
+    ));
     routes.push(("/stash", r#""stash""#));
+    // A breaker that stays closed: every case below must reach the plugin.
     let gw = gateway(
         &up,
-        "",
+        "breaker = { failures = 1000 }",
         &routes,
         &[
             ("header-flood", "header_flood"),
@@ -193,20 +248,46 @@ async fn plugin_output_that_breaks_a_rule_fails_only_that_request() {
     for (path, _) in cases {
         let started = Instant::now();
         let reply = get(&c, &gw.url(path), &[]).await;
-        assert!(is_plugin_failure(&reply), "{path}: {} {}", reply.status, reply.text());
+        assert!(
+            is_plugin_failure(&reply),
+            "{path}: {} {}",
+            reply.status,
+            reply.text()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{path} took {:?}",
             started.elapsed()
         );
         // Nothing else is hurt: the next request is served.
-        assert_eq!(get(&c, &gw.url("/ok/x"), &[]).await.status, 200, "after {path}");
+        assert_eq!(
+            get(&c, &gw.url("/ok/x"), &[]).await.status,
+            200,
+            "after {path}"
+        );
     }
-    let invalid: u64 = ["header-flood", "status", "forbidden-header", "path-edit", "stash"]
-        .iter()
-        .map(|p| plugin_errors(&gw, p, "invalid_output"))
-        .sum();
-    assert_eq!(invalid, cases.len() as u64);
+    let invalid: u64 = [
+        "header-flood",
+        "status",
+        "forbidden-header",
+        "path-edit",
+        "stash",
+    ]
+    .iter()
+    .map(|p| plugin_errors(&gw, p, "invalid_output"))
+    .sum();
+    assert_eq!(
+        invalid,
+        cases.len() as u64,
+        "{}",
+        gw.gateway
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("fluxgate_plugin_errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // What the rules allow still works.
     let host = get(&c, &gw.url("/host"), &[]).await;
     assert_eq!(host.status, 200, "{}", host.text());
@@ -247,7 +328,10 @@ async fn key_value_writes_are_bounded_per_call_and_the_store_in_bytes() {
     let gw = gateway(
         &up,
         "kv_max_mb = 1",
-        &[("/*", r#"{ name = "kv-flood", config = { writes = 100, value_bytes = 1000 } }"#)],
+        &[(
+            "/*",
+            r#"{ name = "kv-flood", config = { writes = 100, value_bytes = 1000 } }"#,
+        )],
         &[("kv-flood", "kv_flood")],
     )
     .await;
@@ -274,7 +358,10 @@ async fn files_that_are_not_plugins_are_skipped_without_blocking_anything() {
     std::fs::create_dir_all(&plugin_dir).unwrap();
     // A FIFO nobody writes to: reading it would block startup for ever.
     let fifo = plugin_dir.join("fifo.wasm");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
     std::fs::create_dir(plugin_dir.join("folder.wasm")).unwrap();
     // A file over plugins.max_file_mb.
@@ -306,15 +393,31 @@ async fn files_that_are_not_plugins_are_skipped_without_blocking_anything() {
             assert_eq!(reply.headers["x-tagger"], "b");
             break;
         }
-        assert!(Instant::now() < deadline, "the watcher never loaded huge.wasm");
+        assert!(
+            Instant::now() < deadline,
+            "the watcher never loaded huge.wasm"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// A gateway process (the real binary, text logs) with plugin files in its folder.
-fn gateway_process(up: &Upstream, settings: &str, routes: &[(&str, &str)]) -> (Process, tempfile::TempDir) {
+/// A gateway process (the real binary, text logs) with plugin files (name, crate) in
+/// its folder from the start.
+fn gateway_process(
+    up: &Upstream,
+    settings: &str,
+    routes: &[(&str, &str)],
+    files: &[(&str, &str)],
+) -> (Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("plugins.d")).unwrap();
+    for (name, krate) in files {
+        std::fs::write(
+            dir.path().join(format!("plugins.d/{name}.wasm")),
+            plugin(krate),
+        )
+        .unwrap();
+    }
     let mut config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[plugins]\n{settings}\n\
          [upstreams.u]\ntargets = [{{ url = \"http://{}\" }}]\n",
@@ -334,14 +437,17 @@ fn gateway_process(up: &Upstream, settings: &str, routes: &[(&str, &str)]) -> (P
 #[tokio::test]
 async fn plugin_logs_are_bounded_escaped_and_counted() {
     let up = Upstream::start("u").await;
-    let (mut gw, dir) = gateway_process(
+    let (mut gw, _dir) = gateway_process(
         &up,
         "",
-        &[("/*", r#"{ name = "log-flood", config = { lines = 20, bytes = 6000, newline = true } }"#)],
+        &[(
+            "/*",
+            r#"{ name = "log-flood", config = { lines = 20, bytes = 6000, newline = true } }"#,
+        )],
+        &[("log-flood", "log_flood")],
     );
-    std::fs::write(dir.path().join("plugins.d/log-flood.wasm"), plugin("log_flood")).unwrap();
     let addr = gw.listening_addr();
-    gw.wait_for("plugin loaded");
+    gw.seen_or_wait_for("plugin loaded");
     let reply = get(&client(), &format!("http://{addr}/x"), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     // Twenty lines asked for: sixteen written, the rest dropped and counted.
@@ -353,7 +459,9 @@ async fn plugin_logs_are_bounded_escaped_and_counted() {
         assert!(line.len() <= 4096 + 300, "a line of {} bytes", line.len());
         assert!(line.contains("\\n"), "the newline is escaped: {line}");
     }
-    let metrics = get(&client(), &format!("http://{addr}/metrics"), &[]).await.text();
+    let metrics = get(&client(), &format!("http://{addr}/metrics"), &[])
+        .await
+        .text();
     assert!(
         metrics.contains("fluxgate_plugin_log_lines_dropped_total{plugin=\"log-flood\"} 4"),
         "{metrics}"
@@ -377,15 +485,20 @@ async fn plugin_logs_are_bounded_escaped_and_counted() {
 #[tokio::test]
 async fn a_v0_1_component_is_refused_by_name_and_the_loaded_version_keeps_serving() {
     let up = Upstream::start("u").await;
-    let (mut gw, dir) = gateway_process(&up, "", &[("/*", "\"tag\"")]);
+    let (mut gw, dir) = gateway_process(&up, "", &[("/*", "\"tag\"")], &[("tag", "tagger_a")]);
     let file = dir.path().join("plugins.d/tag.wasm");
-    std::fs::write(&file, plugin("tagger_a")).unwrap();
     let addr = gw.listening_addr();
-    gw.wait_for("plugin loaded");
+    gw.seen_or_wait_for("plugin loaded");
     let c = client();
-    assert_eq!(get(&c, &format!("http://{addr}/x"), &[]).await.headers["x-tagger"], "a");
-    let old = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e/fixtures/tagger-a-v0.1.wasm"))
-        .unwrap();
+    assert_eq!(
+        get(&c, &format!("http://{addr}/x"), &[]).await.headers["x-tagger"],
+        "a"
+    );
+    let old = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/e2e/fixtures/tagger-a-v0.1.wasm"
+    ))
+    .unwrap();
     let tmp = dir.path().join("plugins.d/tag.tmp");
     std::fs::write(&tmp, old).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
@@ -396,25 +509,37 @@ async fn a_v0_1_component_is_refused_by_name_and_the_loaded_version_keeps_servin
         ),
         "{line}"
     );
-    assert!(line.contains("the previous version keeps serving"), "{line}");
-    assert_eq!(get(&c, &format!("http://{addr}/x"), &[]).await.headers["x-tagger"], "a");
-    let status = tokio::task::spawn_blocking(move || gw.terminate()).await.unwrap();
+    assert!(
+        line.contains("the previous version keeps serving"),
+        "{line}"
+    );
+    assert_eq!(
+        get(&c, &format!("http://{addr}/x"), &[]).await.headers["x-tagger"],
+        "a"
+    );
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn a_trap_is_logged_on_one_line_naming_the_plugin_and_the_wasm_error() {
     let up = Upstream::start("u").await;
-    let (mut gw, dir) = gateway_process(&up, "", &[("/*", "\"trap\"")]);
-    std::fs::write(dir.path().join("plugins.d/trap.wasm"), plugin("trap")).unwrap();
+    let (mut gw, _dir) = gateway_process(&up, "", &[("/*", "\"trap\"")], &[("trap", "trap")]);
     let addr = gw.listening_addr();
-    gw.wait_for("plugin loaded");
+    gw.seen_or_wait_for("plugin loaded");
     let reply = get(&client(), &format!("http://{addr}/x"), &[]).await;
     assert_eq!(reply.status, 500);
     let line = gw.wait_for("plugin trapped");
-    assert!(line.contains("plugin=\"trap\"") || line.contains("plugin=trap"), "{line}");
+    assert!(
+        line.contains("plugin=\"trap\"") || line.contains("plugin=trap"),
+        "{line}"
+    );
     assert!(line.contains("wasm"), "names the wasm error: {line}");
-    let status = tokio::task::spawn_blocking(move || gw.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -425,7 +550,7 @@ async fn a_swap_rejected_for_want_of_an_instance_is_retried() {
     // version cannot initialise.
     let gw = gateway(
         &up,
-        "timeout_ms = 800\nmax_instances = 1",
+        "timeout_ms = 300\nmax_instances = 1",
         &[("/*", "\"p\"")],
         &[("p", "spin")],
     )
@@ -445,8 +570,9 @@ async fn a_swap_rejected_for_want_of_an_instance_is_retried() {
     std::fs::write(gw.plugin_dir.join("p.wasm"), plugin("tagger_a")).unwrap();
     assert_eq!(spinning.await.unwrap(), 500, "the spinning call timed out");
     // The swap was refused for want of an instance, then retried once the instance
-    // was free, and the new version serves.
-    let deadline = Instant::now() + PATIENCE;
+    // was free, and the new version serves. (The retries back off from 0.5 s; a loaded
+    // machine stretches the spin's 300 ms of running time, hence the wait.)
+    let deadline = Instant::now() + 3 * PATIENCE;
     loop {
         let reply = get(&c, &gw.url("/x"), &[]).await;
         if reply.headers.get("x-tagger").is_some() {
@@ -455,6 +581,11 @@ async fn a_swap_rejected_for_want_of_an_instance_is_retried() {
         assert!(Instant::now() < deadline, "the new version never loaded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metric(&gw, "fluxgate_plugin_loads_total{plugin=\"p\",result=\"error\"}") >= 1);
+    assert!(
+        metric(
+            &gw,
+            "fluxgate_plugin_loads_total{plugin=\"p\",result=\"error\"}"
+        ) >= 1
+    );
     assert!(up.requests.load(Ordering::SeqCst) >= 1);
 }

@@ -152,7 +152,10 @@ mod tests {
         let _second = gate.admit(&limits(2)).unwrap();
         assert_eq!(gate.admit(&limits(2)).unwrap_err(), CallError::Busy);
         first.done::<()>(&Ok(()));
-        assert!(gate.admit(&limits(2)).is_ok(), "a finished call frees its slot");
+        assert!(
+            gate.admit(&limits(2)).is_ok(),
+            "a finished call frees its slot"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -165,7 +168,9 @@ mod tests {
         assert_eq!(gate.admit(&limits(4)).unwrap_err(), CallError::CircuitOpen);
         assert_eq!(gate.breaker_state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(6)).await;
-        let trial = gate.admit(&limits(4)).expect("one trial after the cool-off");
+        let trial = gate
+            .admit(&limits(4))
+            .expect("one trial after the cool-off");
         trial.done::<()>(&Ok(()));
         assert_eq!(gate.breaker_state(), BreakerState::Closed);
         // A busy refusal is not the plugin's fault: it does not count.

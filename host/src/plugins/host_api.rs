@@ -174,12 +174,7 @@ impl types::HostRequest for StoreState {
         self.edited(result)
     }
 
-    fn append_header(
-        &mut self,
-        r: Resource<Request>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<()> {
+    fn append_header(&mut self, r: Resource<Request>, name: String, value: Vec<u8>) -> Result<()> {
         self.check_request(&r)?;
         let call = &mut self.call;
         let result = call
@@ -281,7 +276,11 @@ impl types::HostResponse for StoreState {
         let (Some(name), Some(resp)) = (lookup_name(&name), &self.call.response) else {
             return Ok(Vec::new());
         };
-        Ok(self.call.response_edits.headers.values(&resp.headers, &name))
+        Ok(self
+            .call
+            .response_edits
+            .headers
+            .values(&resp.headers, &name))
     }
 
     fn headers(&mut self, r: Resource<Response>) -> Result<Vec<(String, Vec<u8>)>> {
@@ -319,12 +318,7 @@ impl types::HostResponse for StoreState {
         self.edited(result)
     }
 
-    fn append_header(
-        &mut self,
-        r: Resource<Response>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<()> {
+    fn append_header(&mut self, r: Resource<Response>, name: String, value: Vec<u8>) -> Result<()> {
         self.check_response(&r)?;
         let call = &mut self.call;
         let Some(resp) = &call.response else {
@@ -458,7 +452,6 @@ pub fn loggable(message: &str) -> String {
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -467,7 +467,10 @@ mod tests {
             "keep-alive",
         ] {
             assert!(
-                matches!(e.set(&h, reserved, b"1".to_vec()), Err(Violation::Reserved(_))),
+                matches!(
+                    e.set(&h, reserved, b"1".to_vec()),
+                    Err(Violation::Reserved(_))
+                ),
                 "{reserved}"
             );
         }

@@ -117,7 +117,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -361,15 +363,16 @@ impl InstancePool {
         });
         // Instantiation plus `init` may do more work than a hook (parse config, build
         // tables): ten hook budgets, at least 500 ms.
-        arm(&mut store, self.limits.timeout_ms.saturating_mul(10).max(500));
-        let plugin = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| match classify(&e, &store, None) {
+        arm(
+            &mut store,
+            self.limits.timeout_ms.saturating_mul(10).max(500),
+        );
+        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            match classify(&e, &store, None) {
                 CallError::Trap(msg) => CallError::Instantiate(msg),
                 other => other,
-            })?;
+            }
+        })?;
         let warm = Warm {
             store,
             plugin,
@@ -430,7 +433,11 @@ fn arm(store: &mut Store<StoreState>, millis: u64) {
     store.set_epoch_deadline(1);
 }
 
-fn classify(error: &wasmtime::Error, store: &Store<StoreState>, violation: Option<Violation>) -> CallError {
+fn classify(
+    error: &wasmtime::Error,
+    store: &Store<StoreState>,
+    violation: Option<Violation>,
+) -> CallError {
     if let Some(violation) = violation.or_else(|| error.downcast_ref::<Violation>().cloned()) {
         return CallError::Invalid(violation.to_string());
     }

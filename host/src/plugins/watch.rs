@@ -62,7 +62,7 @@ pub fn watch(gateway: Arc<Gateway>, dir: &Path) -> Result<PluginWatcher, notify:
 
 /// Tries of a swap rejected for a transient reason, and the first wait (doubling).
 const RETRIES: u32 = 5;
-const FIRST_RETRY: Duration = Duration::from_secs(1);
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// Brings plugin `name` in line with its file: load a new version, or unload. A load
 /// rejected for a transient reason (every instance of the plugin busy) is tried again
@@ -125,7 +125,9 @@ pub fn read_plugin_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, 
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| format!("cannot open it: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
     check_file(&meta, max_bytes)?;
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     (&mut file)
@@ -133,7 +135,9 @@ pub fn read_plugin_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, 
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(format!("it grew past plugins.max_file_mb ({max_bytes} bytes)"));
+        return Err(format!(
+            "it grew past plugins.max_file_mb ({max_bytes} bytes)"
+        ));
     }
     Ok(Some(bytes))
 }
@@ -184,7 +188,11 @@ mod tests {
         );
         let folder = dir.path().join("dir.wasm");
         std::fs::create_dir(&folder).unwrap();
-        assert!(read_plugin_file(&folder, 10).unwrap_err().contains("a folder"));
+        assert!(
+            read_plugin_file(&folder, 10)
+                .unwrap_err()
+                .contains("a folder")
+        );
         let fifo = dir.path().join("fifo.wasm");
         let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
