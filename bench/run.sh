@@ -263,7 +263,7 @@ cd "$ROOT"
 if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* || " $SETUPS " == *" fg-flood "* ]]; then
     log "building the plugins (wasm32-wasip2, release)"
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-    (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2)
+    [[ "${BENCH_SKIP_PLUGIN_BUILD:-0}" == 1 ]] || (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2)
     PLUGIN_DIR="$OUT/plugins.d"
     rm -rf "$PLUGIN_DIR" && mkdir -p "$PLUGIN_DIR"
     cp "$ROOT/plugins/target/wasm32-wasip2/release/header_rewrite.wasm" "$PLUGIN_DIR/header-rewrite.wasm"

@@ -229,7 +229,12 @@ impl Gateway {
         }
         let size = bytes.len();
         let owned = name.to_owned();
-        let compiled = tokio::task::spawn_blocking(move || Compiled::new(&owned, &bytes))
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = Compiled::new(&owned, &bytes);
+            // Compiling leaves megabytes of freed scratch memory with the allocator.
+            crate::memory::release_freed_memory();
+            compiled
+        })
             .await
             .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
         let uses = self.snapshot().plugin_uses(name);

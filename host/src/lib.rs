@@ -29,7 +29,7 @@
 //! - `balancer`  load-balancing algorithms (pure)
 //! - `headers`   hop-by-hop removal, X-Forwarded-*; `rewrite` path and header edits
 //! - `peer`      the client end of a connection; `sockets` listening sockets
-//! - `metrics`   Prometheus registry
+//! - `metrics`   Prometheus registry; `memory` allocator settings and release
 //! - `body`      body types, the one bounded reader, the end-of-response hook
 //! - `error`     GatewayError and its one conversion to a JSON response
 //! - `reload`    config file watcher; `dir_watch` debounced folder watching
@@ -47,6 +47,7 @@ pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod launch;
+pub mod memory;
 pub mod metrics;
 pub mod paths;
 pub mod peer;

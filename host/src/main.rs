@@ -15,6 +15,14 @@ use fluxgate_host::telemetry::{self, LogFormat};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs before `main` (and before mimalloc reads its options): mimalloc would commit
+/// its arenas eagerly and back them with transparent huge pages, so every touched byte
+/// costs 2 MiB of RSS (measured: the example plugin chain idled at 90 MB, with this at
+/// about 35 MB). A value set in the environment still wins.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = fluxgate_host::memory::tune_allocator;
+
 /// FluxGate: a programmable API gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]

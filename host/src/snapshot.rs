@@ -14,7 +14,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plan::{Plan, RoutePlan};
 use crate::plugins::gate::BreakerLimits;
-use crate::plugins::{ChainEntry, HostSettings, Limits};
+use crate::plugins::{ChainCache, ChainEntry, HostSettings, Limits};
 use crate::policy::rate_limit::{KeyedLimiter, LimitSpec, Limiter};
 use crate::policy::response_cache::ResponseCache;
 use crate::policy::{RoutePolicies, UserLimit};
@@ -37,6 +37,8 @@ pub struct Route {
     pub host_rewrite: Option<HeaderValue>,
     /// The route's own plugin chain (runs after the global one).
     pub plugins: Vec<ChainEntry>,
+    /// The global and route chains as last resolved.
+    pub chain: ChainCache,
     /// Rate limits, cache, CORS, WebSocket permission.
     pub policies: RoutePolicies,
     /// The route reads a `form:` field (per-user routing or limit), so a form post's
@@ -189,6 +191,7 @@ fn build_route(
         preserve_host: route.preserve_host,
         host_rewrite: route.host_rewrite.clone(),
         plugins: chain(&route.plugins, plugins, metrics),
+        chain: ChainCache::default(),
         policies,
         reads_form: route.reads_form(),
     }

@@ -7,6 +7,8 @@
 //! for. Bodies are buffered only for plugins that declared them, up to
 //! `plugins.max_body_bytes`.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
@@ -20,7 +22,7 @@ use crate::plugins::{Chain, Entries, OnRequest, RequestState, ResponseState};
 /// and the request as the plugins left it (on-response hooks read it, and their
 /// stashes live in it).
 pub(super) struct Seen {
-    chain: Chain,
+    chain: Arc<Chain>,
     request: RequestState,
 }
 
@@ -33,13 +35,22 @@ fn entries<'a>(ex: &'a Exchange, route: &'a Route) -> Entries<'a> {
 
 /// Phase 6, first step: the route's chain (global entries, then the route's), or
 /// `None` when it has none or every entry resolved to nothing.
-pub(super) async fn resolve(ex: &Exchange, route: &Route) -> Result<Option<Chain>, GatewayError> {
+pub(super) async fn resolve(
+    ex: &Exchange,
+    route: &Route,
+) -> Result<Option<Arc<Chain>>, GatewayError> {
     let entries = entries(ex, route);
     if entries.is_empty() {
         return Ok(None);
     }
-    let on_error = ex.snapshot.config().plugins.on_error;
-    let chain = Box::pin(Chain::resolve(&ex.gateway.plugins, entries, on_error)).await?;
+    let chain = match route.chain.cached(&ex.gateway.plugins) {
+        Some(chain) => chain,
+        // Boxed: resolving (and a first `init`) is rare next to reusing.
+        None => {
+            let on_error = ex.snapshot.config().plugins.on_error;
+            Box::pin(route.chain.resolve(&ex.gateway.plugins, entries, on_error)).await?
+        }
+    };
     Ok((!chain.is_empty()).then_some(chain))
 }
 
@@ -49,7 +60,7 @@ pub(super) async fn resolve(ex: &Exchange, route: &Route) -> Result<Option<Chain
 pub(super) async fn on_request(
     ex: &mut Exchange,
     route: &Route,
-    chain: Chain,
+    chain: Arc<Chain>,
     req: Request<GatewayBody>,
 ) -> Result<Step<(Request<GatewayBody>, Box<Seen>)>, GatewayError> {
     let max_body = ex.snapshot.config().plugins.max_body_bytes;
@@ -75,7 +86,7 @@ pub(super) async fn on_request(
         body: buffered,
         body_replaced: false,
         target_edited: false,
-        stashes: vec![None; chain.len()],
+        stashes: Vec::new(),
     };
     if chain.has_on_request() {
         let entries = entries(ex, route);

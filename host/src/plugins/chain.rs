@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
 use tokio::time::Instant;
 
 use super::bindings::PluginInfo;
@@ -82,15 +84,57 @@ pub enum OnRequest {
     Respond { response: ResponseState, ran: usize },
 }
 
+/// A route's resolved chain, kept while the plugins in force do not change, so a
+/// request on a plugin route does not look every entry up again.
+#[derive(Default)]
+pub struct ChainCache(ArcSwapOption<(u64, Arc<Chain>)>);
+
+impl std::fmt::Debug for ChainCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainCache")
+    }
+}
+
+impl ChainCache {
+    /// The cached chain, if the plugins in force are still those it was resolved with.
+    pub fn cached(&self, host: &PluginHost) -> Option<Arc<Chain>> {
+        let cached = self.0.load();
+        let (generation, chain) = cached.as_deref()?;
+        (*generation == host.generation()).then(|| chain.clone())
+    }
+
+    /// The chain of `entries` now: the cached one while the plugin generation is the
+    /// one it was resolved at, else resolved (and cached when every entry resolved).
+    pub async fn resolve(
+        &self,
+        host: &PluginHost,
+        entries: Entries<'_>,
+        on_error: OnError,
+    ) -> Result<Arc<Chain>, PluginFailure> {
+        let generation = host.generation();
+        if let Some(chain) = self.cached(host) {
+            return Ok(chain);
+        }
+        let (chain, complete) = Chain::resolve(host, entries, on_error).await?;
+        let chain = Arc::new(chain);
+        if complete {
+            self.0.store(Some(Arc::new((generation, chain.clone()))));
+        }
+        Ok(chain)
+    }
+}
+
 impl Chain {
     /// Looks up each entry's plugin and what it wants. A plugin that is not loaded or
-    /// fails `init` is skipped (`allow`) or fails the request (`deny`).
+    /// fails `init` is skipped (`allow`) or fails the request (`deny`). The flag says
+    /// whether every entry resolved (only such a chain may be reused).
     pub async fn resolve(
         host: &PluginHost,
         entries: Entries<'_>,
         on_error: OnError,
-    ) -> Result<Self, PluginFailure> {
+    ) -> Result<(Self, bool), PluginFailure> {
         let mut steps = Vec::new();
+        let mut complete = true;
         for (index, entry) in entries.iter().enumerate() {
             let resolved = match host.resolve(entry) {
                 Ok(pool) => pool.info().await.map(|info| (pool, info)),
@@ -98,10 +142,13 @@ impl Chain {
             };
             match resolved {
                 Ok((pool, info)) => steps.push(Step { index, pool, info }),
-                Err(error) => failed(entry, error, on_error)?,
+                Err(error) => {
+                    complete = false;
+                    failed(entry, error, on_error)?;
+                }
             }
         }
-        Ok(Self { steps, on_error })
+        Ok((Self { steps, on_error }, complete))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -38,6 +38,15 @@ impl StoreState {
         }
     }
 
+    /// An edit of the request: only in on-request (in on-response it has gone upstream).
+    fn check_request_edit(&mut self, handle: &Resource<Request>) -> Result<()> {
+        self.check_request(handle)?;
+        if self.call.response.is_some() {
+            return self.refuse(Violation::RequestGone);
+        }
+        Ok(())
+    }
+
     fn check_response(&self, handle: &Resource<Response>) -> Result<()> {
         if handle.rep() == RESPONSE_REP && self.call.response.is_some() {
             Ok(())
@@ -165,7 +174,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn set_header(&mut self, r: Resource<Request>, name: String, value: Vec<u8>) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let call = &mut self.call;
         let result = call
             .request_edits
@@ -175,7 +184,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn append_header(&mut self, r: Resource<Request>, name: String, value: Vec<u8>) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let call = &mut self.call;
         let result = call
             .request_edits
@@ -185,7 +194,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn remove_header(&mut self, r: Resource<Request>, name: String) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let call = &mut self.call;
         let result = call
             .request_edits
@@ -195,20 +204,20 @@ impl types::HostRequest for StoreState {
     }
 
     fn set_path(&mut self, r: Resource<Request>, path: String) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let result = self.call.request_edits.set_path(path);
         self.edited(result)
     }
 
     fn set_query(&mut self, r: Resource<Request>, query: Option<String>) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let result = self.call.request_edits.set_query(query);
         self.edited(result)
     }
 
     fn set_body(&mut self, r: Resource<Request>, body: Vec<u8>) -> Result<()> {
-        self.check_request(&r)?;
-        if !self.call.request_body || self.call.response.is_some() {
+        self.check_request_edit(&r)?;
+        if !self.call.request_body {
             return self.refuse(Violation::BodyNotDeclared);
         }
         let result = check_body(body, self.call.max_body);
@@ -218,7 +227,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn stash(&mut self, r: Resource<Request>, value: Vec<u8>) -> Result<()> {
-        self.check_request(&r)?;
+        self.check_request_edit(&r)?;
         let result = self.call.request_edits.set_stash(value);
         self.edited(result)
     }

@@ -57,8 +57,8 @@ pub enum Violation {
     BodyTooLarge { size: usize, limit: usize },
     #[error("a stash of {0} bytes is larger than {MAX_STASH_BYTES}")]
     StashTooLarge(usize),
-    #[error("set-status on a request")]
-    NoStatus,
+    #[error("the request was edited in on-response, after it went upstream")]
+    RequestGone,
 }
 
 /// Checks a header name a plugin gave: a token (lower-cased) the gateway lets it edit.
@@ -113,6 +113,10 @@ pub struct RequestState {
     pub stashes: Vec<Option<Vec<u8>>>,
 }
 
+/// The route name of an empty `RequestState` (made once: a `Default` per hook call must
+/// not allocate).
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
 impl Default for RequestState {
     fn default() -> Self {
         Self {
@@ -121,7 +125,7 @@ impl Default for RequestState {
             query: None,
             headers: HeaderMap::new(),
             client_ip: HeaderValue::from_static(""),
-            route: Arc::from(""),
+            route: NO_ROUTE.clone(),
             params: Vec::new(),
             body: None,
             body_replaced: false,
@@ -347,10 +351,12 @@ impl RequestEdits {
             req.body = Some(body);
             req.body_replaced = true;
         }
-        if let Some(stash) = self.stash
-            && let Some(slot) = req.stashes.get_mut(step)
-        {
-            *slot = Some(stash);
+        if let Some(stash) = self.stash {
+            // Grown on the first stash: most requests never stash anything.
+            if req.stashes.len() <= step {
+                req.stashes.resize(step + 1, None);
+            }
+            req.stashes[step] = Some(stash);
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod registry;
 pub mod runtime;
 pub mod watch;
 
-pub use chain::{Chain, Entries, OnRequest, PluginFailure};
+pub use chain::{Chain, ChainCache, Entries, OnRequest, PluginFailure};
 pub use message::{RequestState, ResponseState};
 pub use pool::{CallError, Limits};
 pub use registry::{ChainEntry, HostSettings, PluginHost};

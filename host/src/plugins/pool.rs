@@ -159,11 +159,11 @@ impl Drop for InstancePool {
     }
 }
 
-/// What a call is about: the message lent to the plugin and its place in the chain.
-struct Lent<'a> {
-    step: usize,
-    request: &'a mut RequestState,
-    response: Option<&'a mut ResponseState>,
+/// Which hook a call runs.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    OnRequest,
+    OnResponse,
 }
 
 impl InstancePool {
@@ -211,36 +211,22 @@ impl InstancePool {
     ) -> Result<Option<ResponseState>, CallError> {
         let permit = self.gate.admit(&self.limits)?;
         let result = self
-            .run(
-                Lent {
-                    step,
-                    request,
-                    response: None,
-                },
-                |plugin, store| {
-                    Box::pin(async move {
-                        plugin
-                            .call_on_request(store, Resource::new_borrow(REQUEST_REP))
-                            .await
-                            .map(Some)
-                    })
-                },
-            )
-            .await;
-        let result = result.and_then(|(action, call)| match action {
-            Some(RequestAction::Continue) | None => {
-                call.request_edits.apply(request, step);
-                Ok(None)
-            }
-            Some(RequestAction::Respond(answer)) => message::direct_response(
-                answer.status,
-                answer.headers,
-                answer.body,
-                self.limits.max_body,
-            )
-            .map(Some)
-            .map_err(|v| CallError::Invalid(v.to_string())),
-        });
+            .run(Hook::OnRequest, step, request, None)
+            .await
+            .and_then(|(action, call)| match action {
+                Some(RequestAction::Continue) | None => {
+                    call.request_edits.apply(request, step);
+                    Ok(None)
+                }
+                Some(RequestAction::Respond(answer)) => message::direct_response(
+                    answer.status,
+                    answer.headers,
+                    answer.body,
+                    self.limits.max_body,
+                )
+                .map(Some)
+                .map_err(|v| CallError::Invalid(v.to_string())),
+            });
         permit.done(&result);
         result
     }
@@ -255,25 +241,7 @@ impl InstancePool {
     ) -> Result<(), CallError> {
         let permit = self.gate.admit(&self.limits)?;
         let result = self
-            .run(
-                Lent {
-                    step,
-                    request,
-                    response: Some(response),
-                },
-                |plugin, store| {
-                    Box::pin(async move {
-                        plugin
-                            .call_on_response(
-                                store,
-                                Resource::new_borrow(REQUEST_REP),
-                                Resource::new_borrow(RESPONSE_REP),
-                            )
-                            .await
-                            .map(|()| None)
-                    })
-                },
-            )
+            .run(Hook::OnResponse, step, request, Some(&mut *response))
             .await
             .map(|(_, call)| call.response_edits.apply(response));
         permit.done(&result);
@@ -283,15 +251,12 @@ impl InstancePool {
     /// One hook call: an instance, the message moved into its store, the clock armed;
     /// afterwards the message moved back (unedited) and the call's record returned
     /// with the hook's result for the caller to apply.
-    async fn run<'a>(
+    async fn run(
         &self,
-        lent: Lent<'a>,
-        hook: impl for<'s> FnOnce(
-            &'s Plugin,
-            &'s mut Store<StoreState>,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = wasmtime::Result<Option<RequestAction>>> + Send + 's>,
-        >,
+        hook: Hook,
+        step: usize,
+        request: &mut RequestState,
+        mut response: Option<&mut ResponseState>,
     ) -> Result<(Option<RequestAction>, Call), CallError> {
         let mut warm = self.checkout().await?;
         let info = self.info.get().copied().unwrap_or(PluginInfo {
@@ -300,11 +265,6 @@ impl InstancePool {
             request_body: false,
             response_body: false,
         });
-        let Lent {
-            step,
-            request,
-            mut response,
-        } = lent;
         {
             let call = &mut warm.store.data_mut().call;
             call.step = step;
@@ -315,7 +275,23 @@ impl InstancePool {
             call.max_body = self.limits.max_body;
         }
         arm(&mut warm.store, self.limits.timeout_ms);
-        let outcome = hook(&warm.plugin, &mut warm.store).await;
+        let request_handle = Resource::new_borrow(REQUEST_REP);
+        let outcome = match hook {
+            Hook::OnRequest => warm
+                .plugin
+                .call_on_request(&mut warm.store, request_handle)
+                .await
+                .map(Some),
+            Hook::OnResponse => warm
+                .plugin
+                .call_on_response(
+                    &mut warm.store,
+                    request_handle,
+                    Resource::new_borrow(RESPONSE_REP),
+                )
+                .await
+                .map(|()| None),
+        };
         let mut call = std::mem::take(&mut warm.store.data_mut().call);
         *request = std::mem::take(&mut call.request);
         if let (Some(response), Some(lent)) = (response, call.response.take()) {

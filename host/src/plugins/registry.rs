@@ -173,6 +173,9 @@ pub struct PluginHost {
     per_plugin: Mutex<HashMap<Arc<str>, PerPlugin>>,
     settings: Mutex<HostSettings>,
     next_version: AtomicU64,
+    /// Bumped whenever the plugins in force change, so chains resolved earlier know
+    /// they are stale.
+    generation: AtomicU64,
 }
 
 impl Default for PluginHost {
@@ -182,6 +185,7 @@ impl Default for PluginHost {
             per_plugin: Mutex::new(HashMap::new()),
             settings: Mutex::new(HostSettings::default()),
             next_version: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -190,6 +194,11 @@ impl PluginHost {
     /// The current version of `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<Arc<PluginVersion>> {
         self.loaded.load().get(name).cloned()
+    }
+
+    /// Changes whenever a plugin is loaded, replaced or unloaded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Names and versions loaded now.
@@ -315,6 +324,7 @@ impl PluginHost {
             next.insert(name.clone(), version.clone());
             next
         });
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(version)
     }
 
@@ -326,6 +336,7 @@ impl PluginHost {
             found = next.remove(name).is_some();
             next
         });
+        self.generation.fetch_add(1, Ordering::AcqRel);
         found
     }
 }
