@@ -92,13 +92,16 @@ pub(super) fn next_index(sent: u64, answered: Option<u64>) -> u64 {
     }
 }
 
+/// Entries left out of a listing: (entry, why), to be logged.
+pub(super) type Skipped = Vec<(String, String)>;
+
 /// The passing instances of a health listing; entries that are not usable are
 /// returned with the reason, to be logged.
 pub(super) fn parse(
     service: &str,
     body: &[u8],
     check: Option<&Check>,
-) -> Result<(Vec<Registration>, Vec<(String, String)>), serde_json::Error> {
+) -> Result<(Vec<Registration>, Skipped), serde_json::Error> {
     let raw: Vec<serde_json::Value> = serde_json::from_slice(body)?;
     let mut found = Vec::new();
     let mut skipped = Vec::new();
@@ -174,7 +177,7 @@ async fn query(
     client: &ProviderClient,
     s: &Settings,
     index: u64,
-) -> Result<(Vec<Registration>, Vec<(String, String)>, Option<u64>), FetchError> {
+) -> Result<(Vec<Registration>, Skipped, Option<u64>), FetchError> {
     // Consul adds up to wait/16 of jitter to a blocking query.
     let limit = if index > 0 {
         s.wait + s.wait / 16 + s.timeout

@@ -203,7 +203,10 @@ async fn follow(
         if pending.len() > MAX_PENDING {
             return FetchError::TooLarge;
         }
-        let (messages, used) = split_messages(&pending);
+        let (messages, used) = match split_messages(&pending) {
+            Ok(split) => split,
+            Err(e) => return FetchError::Json(e),
+        };
         let _ = pending.split_to(used);
         let mut changed = false;
         for message in messages {
@@ -264,8 +267,11 @@ fn decode(kv: &KeyValue) -> Result<(String, Vec<u8>), FetchError> {
 }
 
 /// Complete JSON values at the start of `buf` and how many bytes they took (a stream
-/// of objects, possibly split anywhere by the transport).
-pub(super) fn split_messages(buf: &[u8]) -> (Vec<serde_json::Value>, usize) {
+/// of objects, possibly split anywhere by the transport). An incomplete value waits
+/// for more bytes; a malformed one is an error.
+pub(super) fn split_messages(
+    buf: &[u8],
+) -> Result<(Vec<serde_json::Value>, usize), serde_json::Error> {
     let mut out = Vec::new();
     let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
     let mut used = 0;
@@ -275,12 +281,10 @@ pub(super) fn split_messages(buf: &[u8]) -> (Vec<serde_json::Value>, usize) {
                 out.push(value);
                 used = stream.byte_offset();
             }
-            // An incomplete value (or nothing) waits for more bytes; a malformed one
-            // shows up as a parse error once complete and ends the session.
-            _ => break,
+            Some(Err(e)) if !e.is_eof() => return Err(e),
+            _ => return Ok((out, used)),
         }
     }
-    (out, used)
 }
 
 fn json_request(
@@ -329,12 +333,13 @@ mod tests {
     #[test]
     fn a_stream_split_anywhere_yields_whole_messages() {
         let text = br#"{"result":{"created":true}}{"result":{"events":[]}}{"res"#;
-        let (messages, used) = split_messages(text);
+        let (messages, used) = split_messages(text).unwrap();
         assert_eq!(messages.len(), 2);
         assert_eq!(&text[used..], br#"{"res"#);
-        let (none, used) = split_messages(b"{\"a\":");
+        let (none, used) = split_messages(b"{\"a\":").unwrap();
         assert!(none.is_empty());
         assert_eq!(used, 0);
+        assert!(split_messages(b"{\"a\":1}}").is_err(), "malformed");
     }
 
     #[test]

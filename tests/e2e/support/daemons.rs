@@ -69,8 +69,7 @@ impl Daemon {
     pub fn redis() -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_owned();
-        let d = Self::redis_at(free_port(), dir, Some(temp));
-        d
+        Self::redis_at(free_port(), dir, Some(temp))
     }
 
     /// redis-server on `port` (to bring a stopped one back).
