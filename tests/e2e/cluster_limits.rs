@@ -312,6 +312,23 @@ async fn three_gateway_processes_admit_the_cluster_limit() {
         admitted / n
     );
     assert!(refused > 1000, "the load was hard: {refused} refused");
+    for node in nodes {
+        let base = format!("http://{}", node.http);
+        assert!(
+            metric(&c, &base, "fluxgate_cluster_redis_calls_total{op=\"take\"}").await > 0.0,
+            "{base} counted in Redis"
+        );
+        assert_eq!(
+            metric(
+                &c,
+                &base,
+                "fluxgate_rate_limit_fallback_total{mode=\"local\"}"
+            )
+            .await,
+            0.0,
+            "{base} never fell back"
+        );
+    }
     assert!(
         admitted >= 0.9 * n && admitted <= 1.05 * n,
         "admitted {admitted} outside 0.9 N ..= 1.05 N (N = {n:.0})"

@@ -166,6 +166,15 @@ async fn etcd_instances_are_watched_and_kept_when_etcd_goes_away() {
     })
     .await;
 
+    // Watched, not polled: one range and one watch stream, never re-read.
+    let metrics = get(&c, &g.url("/metrics"), &[]).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fluxgate_discovery_errors_total") && l.ends_with(" 0")),
+        "the watch stream stayed open: {metrics}"
+    );
+
     // etcd goes away: the last instances stay, marked stale.
     etcd.stop();
     eventually("stale", async || {
