@@ -285,8 +285,10 @@ async fn three_gateway_processes_admit_the_cluster_limit() {
     let refused = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut load = Vec::new();
+    // Two request loops per node are far above the limit (each does hundreds of
+    // requests a second) while leaving CPU for the other tests running alongside.
     for node in nodes {
-        for _ in 0..4 {
+        for _ in 0..2 {
             let (admitted, refused, c) = (admitted.clone(), refused.clone(), c.clone());
             let url = format!("http://{}/limited", node.http);
             load.push(tokio::spawn(async move {
@@ -311,7 +313,7 @@ async fn three_gateway_processes_admit_the_cluster_limit() {
         "3 nodes, cluster limit 100 + 10/s over {elapsed:.2} s: N = {n:.0}, admitted {admitted} ({:.3} N), refused {refused}",
         admitted / n
     );
-    assert!(refused > 1000, "the load was hard: {refused} refused");
+    assert!(refused > 500, "the load was hard: {refused} refused");
     for node in nodes {
         let base = format!("http://{}", node.http);
         assert!(

@@ -370,6 +370,10 @@ mod tests {
                 "plugins.toml",
                 include_str!("../../../examples/plugins.toml"),
             ),
+            (
+                "cluster.toml",
+                include_str!("../../../examples/cluster.toml"),
+            ),
         ] {
             assert_eq!(problems(text), Vec::<String>::new(), "examples/{name}");
         }
