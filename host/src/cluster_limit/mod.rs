@@ -339,7 +339,7 @@ async fn sync_task(
     mut want: u32,
 ) {
     let mut expires = None;
-    for _ in 0..MAX_ROUNDS {
+    for round in 1..=MAX_ROUNDS {
         let call = inner.call(&key, i64::from(want), 0);
         let result = link.call(&call).await;
         let now = Instant::now();
@@ -350,7 +350,8 @@ async fn sync_task(
             Ok(grant) => {
                 let again = st.lease.granted(grant, &cfg, now);
                 expires = st.lease.expires();
-                if !again {
+                // `want` marks a call under way: only when this task makes it.
+                if !again || round == MAX_ROUNDS {
                     break;
                 }
                 want = st.lease.want(&cfg, now);

@@ -67,6 +67,8 @@ pub(super) fn instances(
                 ttl_s: None,
             })
         })
+        // A record the registry would refuse (port 0, say) is not routed.
+        .filter(|r| r.check().is_ok())
         .collect()
 }
 
@@ -190,6 +192,10 @@ mod tests {
             target("b.local", 10, 0, Some("127.0.0.2")),
             target("backup.local", 20, 1, Some("127.0.0.3")),
             target("c.local", 10, 1, None),
+            Target {
+                port: 0,
+                ..target("zero.local", 10, 1, Some("127.0.0.4"))
+            },
         ];
         let list = instances("users", &targets, None);
         let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
