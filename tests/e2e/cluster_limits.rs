@@ -13,8 +13,14 @@ use crate::support::upstream::Upstream;
 use crate::support::{PATIENCE, TestClient, TestGateway, client, get};
 
 fn config(redis: u16, upstream: SocketAddr, routes: &str) -> String {
+    config_with_timeout(redis, upstream, 1000, routes)
+}
+
+/// Redis gets 1 s per call by default here: on a loaded 2-core test machine a slow
+/// answer must not count as Redis being down unless the test means it.
+fn config_with_timeout(redis: u16, upstream: SocketAddr, timeout_ms: u64, routes: &str) -> String {
     format!(
-        "[cluster]\ngossip = false\n[cluster.redis]\nurl = \"redis://127.0.0.1:{redis}\"\n\
+        "[cluster]\ngossip = false\n[cluster.redis]\nurl = \"redis://127.0.0.1:{redis}\"\ntimeout_ms = {timeout_ms}\n\
          [upstreams.u]\ntargets = [{{ url = \"http://{upstream}\" }}]\n{routes}"
     )
 }
@@ -212,6 +218,58 @@ async fn redis_stopped_under_load_falls_back_and_recovers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_counts_as_down_after_the_timeout() {
+    let redis = Daemon::redis();
+    let up = Upstream::start("u").await;
+    let text = config_with_timeout(
+        redis.port,
+        up.addr,
+        200,
+        "[[routes]]\npath = \"/deny\"\nupstream = \"u\"\n\
+         rate_limit = { capacity = 1000000, refill_per_s = 1000000.0, scope = \"cluster\", on_redis_error = \"deny\" }\n",
+    );
+    let g = TestGateway::start(&text).await;
+    let (base, url) = (g.url(""), g.url("/deny"));
+    let c = client();
+    wait_metric(&c, &base, "fluxgate_cluster_redis_up ", 1.0).await;
+    assert_eq!(get(&c, &url, &[]).await.status, 200);
+
+    // Frozen: connections stay open, nothing answers. Requests keep being decided at
+    // once (never waiting on Redis); once a call has waited 200 ms, Redis is down.
+    redis.signal("STOP");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let asked = Instant::now();
+        let status = get(&c, &url, &[]).await.status;
+        assert!(
+            asked.elapsed() < Duration::from_millis(150),
+            "a request waited for Redis"
+        );
+        if status == 429 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a frozen Redis was never taken as down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metric(
+            &c,
+            &base,
+            "fluxgate_cluster_redis_errors_total{kind=\"timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    redis.signal("CONT");
+    wait_metric(&c, &base, "fluxgate_cluster_redis_up ", 1.0).await;
+    assert_eq!(get(&c, &url, &[]).await.status, 200);
+}
+
 /// A gateway process of the three-node test.
 struct Node {
     process: Process,
@@ -220,13 +278,16 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// Redis gets 1 s per call here (not the default 100 ms): on a loaded 2-core test
+/// machine a slow answer must not count as Redis being down, which would measure the
+/// fallback (tested above) instead of the shared limit.
 fn start_node(name: &str, redis: u16, upstream: SocketAddr, join: Option<SocketAddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let join = join.map_or(String::new(), |a| format!("join = [\"{a}\"]\n"));
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
          [cluster]\ngossip_listen = \"127.0.0.1:0\"\nnode_name = \"{name}\"\n{join}\
-         [cluster.redis]\nurl = \"redis://127.0.0.1:{redis}\"\n\
+         [cluster.redis]\nurl = \"redis://127.0.0.1:{redis}\"\ntimeout_ms = 1000\n\
          [upstreams.u]\ntargets = [{{ url = \"http://{upstream}\" }}]\n\
          [[routes]]\npath = \"/limited\"\nupstream = \"u\"\n\
          rate_limit = {{ algorithm = \"token_bucket\", capacity = 100, refill_per_s = 10.0, scope = \"cluster\" }}\n"

@@ -152,6 +152,8 @@ impl LinkError {
     fn kind(&self) -> &'static str {
         match self {
             LinkError::Timeout(_) => "timeout",
+            // The client's own response timeout fires at the same bound.
+            LinkError::Redis(e) if e.is_timeout() => "timeout",
             LinkError::Redis(_) | LinkError::BadReply(_) => "error",
         }
     }

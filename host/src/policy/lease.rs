@@ -14,11 +14,12 @@
 //!   a node that goes quiet strands at most one batch, and only for `lease`.
 //! - **Credit**: with no local token and no word that the shared limit is empty, a
 //!   request is admitted on credit and paid back from the next grant: one request, or
-//!   up to a tenth of what Redis last said was left (at most `max_batch`). A quiet
-//!   route therefore never answers 429 just because its lease lapsed, and a busy node
-//!   does not refuse while its next batch is on the way. Credit is only over-admission
-//!   when the other nodes drained the shared limit in the meantime; it is bounded by
-//!   one request per node and key when the limit is nearly spent.
+//!   up to a tenth of what Redis last said was left (at most `max_batch`); for a key
+//!   Redis has not answered for yet, up to `max_batch`. A quiet route therefore never
+//!   answers 429 just because its lease lapsed, and a busy node does not refuse while
+//!   its next batch is on the way. Credit is only over-admission when the shared limit
+//!   turns out to be spent; it is bounded by one request per node and key once Redis
+//!   said the limit is nearly spent, and by `max_batch` for a key new to the node.
 //! - **Empty**: when Redis says the limit is spent, the node refuses locally until the
 //!   time Redis named for the next token (at least `MIN_POLL`), then asks again.
 
@@ -92,8 +93,10 @@ pub struct Lease {
     seen: u32,
     period_start: Instant,
     rate: f64,
-    /// For the RateLimit-* headers: what the last grant said.
+    /// For the RateLimit-* headers (and the credit): what the last grant said.
     remote_remaining: u32,
+    /// Redis has answered for this key at least once.
+    remote_known: bool,
     reset_at: Instant,
 }
 
@@ -110,6 +113,7 @@ impl Lease {
             period_start: now,
             rate: 0.0,
             remote_remaining: 0,
+            remote_known: false,
             reset_at: now,
         }
     }
@@ -130,7 +134,11 @@ impl Lease {
     pub fn check(&mut self, capacity: u32, cfg: &LeaseConfig, now: Instant) -> (Decision, bool) {
         self.observe(cfg, now);
         let empty = self.empty_until.is_some_and(|t| t > now);
-        let credit = (self.remote_remaining / 10).min(cfg.max_batch).max(CREDIT);
+        let credit = if self.remote_known {
+            (self.remote_remaining / 10).min(cfg.max_batch).max(CREDIT)
+        } else {
+            cfg.max_batch.max(CREDIT)
+        };
         let allowed = if self.tokens > 0 {
             self.tokens -= 1;
             true
@@ -179,6 +187,7 @@ impl Lease {
         self.tokens = self.tokens.saturating_add(grant.granted - paid);
         self.epoch = grant.epoch;
         self.remote_remaining = grant.remaining;
+        self.remote_known = true;
         self.reset_at = now + grant.reset;
         if self.tokens > 0 {
             self.expires = Some(now + cfg.lease);
@@ -317,6 +326,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_key_redis_has_not_answered_for_gets_a_batch_of_credit() {
+        let c = cfg(4);
+        let mut l = Lease::new(Instant::now());
+        let admitted = (0..10)
+            .filter(|_| l.check(100, &c, Instant::now()).0.allowed)
+            .count();
+        assert_eq!(
+            admitted, 4,
+            "max_batch on credit while the first answer is awaited"
+        );
+        let _ = l.want(&c, Instant::now());
+        l.granted(grant(4, 0), &c, Instant::now());
+        assert_eq!(l.tokens(), 0, "the grant paid the debt");
+        assert!(
+            !l.check(100, &c, Instant::now()).0.allowed,
+            "and Redis said empty"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_empty_limit_refuses_locally_until_the_next_token() {
         let c = cfg(1);
         let mut l = Lease::new(Instant::now());
@@ -378,7 +407,8 @@ mod tests {
             tokio::time::advance(Duration::from_micros(100)).await;
             let _ = l.check(10, &c, Instant::now());
         }
-        assert_eq!(l.want(&c, Instant::now()), 3 + 1);
+        // A batch of 3 plus the 3 admitted on credit before Redis ever answered.
+        assert_eq!(l.want(&c, Instant::now()), 3 + 3);
     }
 
     #[tokio::test(start_paused = true)]

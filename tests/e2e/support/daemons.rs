@@ -156,8 +156,23 @@ impl Daemon {
         d
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the process, by its PID: a server that stops
+    /// answering without closing its connections.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Kills the process (by its PID) and waits for it.
     pub fn stop(&mut self) {
+        // A frozen process must be thawed to die cleanly.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
