@@ -4,6 +4,7 @@
 UPSTREAM_PORT="${BENCH_UPSTREAM_PORT:-18081}"
 NGINX_PORT="${BENCH_NGINX_PORT:-18082}"
 FLUXGATE_PORT="${BENCH_FLUXGATE_PORT:-18083}"
+REDIS_PORT="${BENCH_REDIS_PORT:-18084}"
 
 # Every request carries an API key (the api-key-auth setup needs it; others ignore it).
 API_KEY_HEADER="x-api-key: bench-key"

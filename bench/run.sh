@@ -21,11 +21,17 @@
 #                          fg-rewrite = fluxgate + header-rewrite plugin,
 #                          fg-auth-rewrite = fluxgate + api-key-auth + header-rewrite;
 #                          also available: fg-limits = fluxgate + route and per-user
-#                          token-bucket limits that never refuse; fg-flood = the plain
-#                          route of a gateway that also has a `spin` plugin route (a
-#                          plugin that never returns) and a header-rewrite route, first
+#                          token-bucket limits that never refuse; fg-cluster-limits = the
+#                          same limits with scope = "cluster", counted in a local
+#                          redis-server; run both to get the cluster/node ratio, e.g.
+#                          BENCH_SETUPS="fg-limits fg-cluster-limits"; fg-flood = the
+#                          plain route of a gateway that also has a `spin` plugin route
+#                          (a plugin that never returns) and a header-rewrite route, first
 #                          alone, then while BENCH_FLOOD_CONNS (default 200) connections
 #                          flood the spin route, and the rewrite route under the flood)
+#   BENCH_REDIS_PORT       redis-server port for fg-cluster-limits   (default 18084)
+#   BENCH_FLUXGATE_BIN     the fluxgate binary to run (default: the release build; a
+#                          debug binary is fine for a smoke run of the script itself)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
 #   BENCH_PERF=1           perf record fluxgate during its measured run (bench/out/fluxgate.perf.txt);
 #                          fluxgate then writes /tmp/perf-PID.map (FLUXGATE_PERF_MAP) so samples
@@ -51,7 +57,7 @@ SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
 PERF_CALLGRAPH="${BENCH_PERF_CALLGRAPH:-dwarf}"
 [[ "$PERF" == 1 ]] && export FLUXGATE_PERF_MAP=1
-FLUXGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/fluxgate-host"
+FLUXGATE_BIN="${BENCH_FLUXGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fluxgate-host}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
@@ -119,6 +125,9 @@ ensure_tools() {
     [[ -n "$nginx_bin" || -x /usr/sbin/nginx ]] || missing+=(nginx)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+    if [[ " $SETUPS " == *" fg-cluster-limits "* ]]; then
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    fi
     if (( ${#missing[@]} > 0 )); then
         apt_install "${missing[@]}"
     fi
@@ -282,7 +291,7 @@ if [[ " $SETUPS " == *" f"* ]]; then
     [[ -x "$FLUXGATE_BIN" ]] || die "$FLUXGATE_BIN not found"
 fi
 
-for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$FLUXGATE_PORT"; do
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$FLUXGATE_PORT" "$REDIS_PORT"; do
     port_in_use "$p" && die "port $p is already in use on 127.0.0.1 (set BENCH_*_PORT)"
 done
 
@@ -324,6 +333,35 @@ for setup in $SETUPS; do
             wait_ready fg-limits "$pid" "$FLUXGATE_PORT"
             run_wrk fg-limits "$FLUXGATE_PORT" "$pid"
             stop_pid "$pid"
+            ;;
+        fg-cluster-limits)
+            # Redis shares core 1 with wrk and the upstream (the gateway keeps core 0), at
+            # a higher priority so a saturating wrk cannot starve it into timeouts.
+            start redis taskset -c 1 nice -n -10 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+                --save "" --appendonly no --daemonize no
+            redis_pid="$STARTED_PID"
+            for ((i = 0; i < 100; i++)); do
+                [[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]] && break
+                sleep 0.1
+            done
+            [[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]] || die "redis-server did not start"
+            render "$BENCH/fluxgate-cluster-limits.toml.tmpl" "$OUT/fg-cluster-limits.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" REDIS_PORT="$REDIS_PORT"
+            start fg-cluster-limits taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/fg-cluster-limits.toml"
+            pid="$STARTED_PID"
+            wait_ready fg-cluster-limits "$pid" "$FLUXGATE_PORT"
+            # The gateway connects to Redis in the background: wait until it has.
+            for ((i = 0; i < 100; i++)); do
+                curl -fsS --max-time 1 "http://127.0.0.1:$FLUXGATE_PORT/metrics" 2>/dev/null \
+                    | grep -q '^fluxgate_cluster_redis_up 1' && break
+                sleep 0.1
+            done
+            run_wrk fg-cluster-limits "$FLUXGATE_PORT" "$pid"
+            curl -fsS --max-time 2 "http://127.0.0.1:$FLUXGATE_PORT/metrics" 2>/dev/null \
+                | grep -E '^fluxgate_(cluster_redis_calls_total|rate_limit_fallback_total|cluster_redis_up)' \
+                >"$OUT/fg-cluster-limits.redis.txt" || true
+            stop_pid "$pid"
+            stop_pid "$redis_pid"
             ;;
         fg-rewrite | fg-auth-rewrite)
             rewrite='{ name = "header-rewrite", config = { request = { set = { x-bench = "1" } }, response = { set = { x-served-by = "fluxgate" } } } }'
@@ -368,7 +406,7 @@ for setup in $SETUPS; do
             stop_pid "$pid"
             ;;
         *)
-            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-rewrite, fg-auth-rewrite, fg-limits, fg-flood)"
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-limits, fg-cluster-limits, fg-rewrite, fg-auth-rewrite, fg-flood)"
             ;;
     esac
 done
@@ -383,6 +421,20 @@ done
         IFS='|' read -r s rps p50 p99 non2xx sockerr <<<"$row"
         printf '%-16s %12s %10s %10s %9s  %s\n' "$s" "$rps" "$p50" "$p99" "$non2xx" "$sockerr"
     done
+    node_rps="" cluster_rps=""
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r s rps _ <<<"$row"
+        [[ "$s" == fg-limits ]] && node_rps="$rps"
+        [[ "$s" == fg-cluster-limits ]] && cluster_rps="$rps"
+    done
+    if [[ -n "$node_rps" && -n "$cluster_rps" ]]; then
+        awk -v c="$cluster_rps" -v n="$node_rps" 'BEGIN {
+            printf "cluster-scoped / node-scoped limits: %.1f%% of the throughput (target >= 85%%)\n", 100 * c / n }'
+    fi
+    if [[ -s "$OUT/fg-cluster-limits.redis.txt" ]]; then
+        echo "fg-cluster-limits Redis use:"
+        sed 's/^/  /' "$OUT/fg-cluster-limits.redis.txt"
+    fi
     if [[ -s "$OUT/plugin-calls.txt" ]]; then
         echo "plugin hook calls (gateway histogram, includes instance checkout/return):"
         cat "$OUT/plugin-calls.txt"

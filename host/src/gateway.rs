@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::cluster::view::ClusterView;
-use crate::config::Config;
+use crate::cluster_limit::ClusterLimits;
+use crate::config::{Config, DiscoveryKind};
+use crate::discovery::store::{self as discovered, Discovered, Part};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plan::Plan;
@@ -19,7 +21,7 @@ use crate::plugins::PluginHost;
 use crate::plugins::registry::{Compiled, LoadError};
 use crate::registry::store::HeartbeatError;
 use crate::registry::{self, Delta, Registration, Registry};
-use crate::snapshot::{self as build, PolicyState};
+use crate::snapshot::{self as build, Inputs, PolicyState};
 pub use crate::snapshot::{Route, Snapshot};
 use crate::upstream::UpstreamState;
 
@@ -62,6 +64,11 @@ pub struct Gateway {
     gossip: OnceLock<tokio::sync::mpsc::UnboundedSender<Delta>>,
     /// The cluster's members, when this node gossips.
     pub cluster: OnceLock<Arc<ClusterView>>,
+    /// `[cluster.redis]` and the alive-member count cluster-scoped limits use.
+    pub cluster_limits: ClusterLimits,
+    /// What the `[[discovery]]` providers found (merged with the registry's services
+    /// in each snapshot).
+    discovered: Mutex<Discovered>,
 }
 
 impl Gateway {
@@ -85,13 +92,17 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let registry = Registry::new(node_name.clone(), start_ms, registry::TOMBSTONE_GRACE);
+        let cluster_limits = ClusterLimits::new(plan.redis.as_ref(), &metrics);
         let snapshot = build::build(
             Arc::new(plan),
             1,
-            &upstream_state,
-            &policy_state,
-            &metrics,
-            &BTreeMap::new(),
+            &Inputs {
+                upstream_state: &upstream_state,
+                policy_state: &policy_state,
+                cluster_limits: &cluster_limits,
+                metrics: &metrics,
+                services: &BTreeMap::new(),
+            },
         );
         metrics.config_generation.set(1);
         let plugins = PluginHost::default();
@@ -111,6 +122,8 @@ impl Gateway {
             registry: Mutex::new(registry),
             gossip: OnceLock::new(),
             cluster: OnceLock::new(),
+            cluster_limits,
+            discovered: Mutex::new(Discovered::default()),
         })
     }
 
@@ -128,22 +141,27 @@ impl Gateway {
         self.rebuild(Arc::new(plan))
     }
 
-    /// Builds and swaps in a snapshot of `plan` plus the registry's services.
+    /// Builds and swaps in a snapshot of `plan` plus the registry's and the discovery
+    /// providers' services.
     fn rebuild(&self, plan: Arc<Plan>) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let services: BTreeMap<String, Vec<Registration>> = self
+        let registered: BTreeMap<String, Vec<Registration>> = self
             .registry()
             .services()
             .into_iter()
             .map(|(s, list)| (s, list.into_iter().map(|(r, _)| r.clone()).collect()))
             .collect();
+        let services = discovered::merge(registered, &self.discovered());
         let snapshot = build::build(
             plan,
             generation,
-            &self.upstream_state,
-            &self.policy_state,
-            &self.metrics,
-            &services,
+            &Inputs {
+                upstream_state: &self.upstream_state,
+                policy_state: &self.policy_state,
+                cluster_limits: &self.cluster_limits,
+                metrics: &self.metrics,
+                services: &services,
+            },
         );
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.config_generation.set(generation as i64);
@@ -153,6 +171,30 @@ impl Gateway {
     /// The registry (lock held briefly: never across an await).
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the discovery providers found (lock held briefly: never across an await).
+    pub fn discovered(&self) -> MutexGuard<'_, Discovered> {
+        self.discovered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A provider's fresh answer; routes are rebuilt when its instances changed.
+    pub fn set_discovered(
+        &self,
+        part: Part,
+        kind: DiscoveryKind,
+        label: &str,
+        instances: Vec<Registration>,
+    ) {
+        let changed = self.discovered().set(part, kind, label, instances);
+        if changed {
+            self.refresh_services();
+        }
+    }
+
+    /// A provider could not be reached: its last instances stay, marked stale.
+    pub fn mark_discovery_stale(&self, part: &Part) {
+        self.discovered().mark_stale(part);
     }
 
     /// Routes to the registry's services as they are now.
@@ -290,6 +332,13 @@ impl Gateway {
 fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     if old.plugins.dir != new.plugins.dir {
         tracing::warn!("plugins.dir changed: takes effect after a restart");
+    }
+    if old.discovery != new.discovery {
+        tracing::warn!("[[discovery]] changed: takes effect after a restart");
+    }
+    let redis = |c: &Config| c.cluster.as_ref().and_then(|c| c.redis.clone());
+    if redis(old) != redis(new) {
+        tracing::warn!("[cluster.redis] changed: takes effect after a restart");
     }
     let (old, new) = (&old.server, &new.server);
     if old.listen != new.listen {

@@ -1,6 +1,7 @@
 //! One startup path, for the binary and the end-to-end tests alike: bind (or take a
-//! bound listener), build the gateway, start gossip, load and watch the plugin folder,
-//! watch the config file; then serve until shutdown and leave the cluster cleanly.
+//! bound listener), build the gateway, start gossip and the discovery providers, load
+//! and watch the plugin folder, watch the config file; then serve until shutdown, stop
+//! the providers and leave the cluster cleanly.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use crate::gateway::Gateway;
 use crate::plan::{Overrides, Plan};
 use crate::plugins::watch::PluginWatcher;
 use crate::reload::ConfigWatcher;
-use crate::{cluster, plugins, reload, sockets};
+use crate::{cluster, discovery, plugins, reload, sockets};
 
 /// Accept backlog of the HTTP listener.
 const BACKLOG: i32 = 1024;
@@ -64,6 +65,8 @@ pub struct Running {
     pub addr: SocketAddr,
     listener: TcpListener,
     cluster: Option<JoinHandle<()>>,
+    /// Discovery provider tasks: aborted when the gateway stops (or this is dropped).
+    providers: Tasks,
     _plugin_watcher: PluginWatcher,
     _config_watcher: Option<ConfigWatcher>,
 }
@@ -88,7 +91,8 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         source,
     })?;
     let plugin_dir = plan.config.plugins.dir.clone();
-    let cluster_settings = plan.cluster.clone();
+    let cluster_settings = plan.cluster.clone().filter(|c| c.gossip);
+    let discovery_plans = plan.discovery.clone();
     let gateway = Gateway::new(plan, addr);
     let cluster = match cluster_settings {
         Some(settings) => {
@@ -110,6 +114,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let providers = Tasks(discovery::start(&gateway, &discovery_plans));
     plugins::watch::load_all(&gateway, &plugin_dir).await;
     let plugin_watcher = plugins::watch::watch(gateway.clone(), &plugin_dir).map_err(|source| {
         StartError::PluginWatch {
@@ -133,6 +138,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         addr,
         listener,
         cluster,
+        providers,
         _plugin_watcher: plugin_watcher,
         _config_watcher: config_watcher,
     })
@@ -146,9 +152,11 @@ impl Running {
             gateway,
             listener,
             cluster,
+            providers,
             ..
         } = self;
         crate::run(listener, gateway.clone(), shutdown).await?;
+        drop(providers);
         if let (Some(view), Some(mut task)) = (gateway.cluster.get(), cluster) {
             view.leave();
             if tokio::time::timeout(LEAVE_GRACE, &mut task).await.is_err() {
@@ -157,6 +165,17 @@ impl Running {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Tasks that end when this is dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -152,6 +152,24 @@ metrics! {
     websockets: IntGauge("websocket_connections"),
     /// Gossip bytes by direction and transport
     gossip_bytes: IntCounterVec("gossip_bytes_total", labels = ["direction", "transport"]),
+    /// 1 while the Redis of `[cluster.redis]` answers in time
+    redis_up: IntGauge("cluster_redis_up"),
+    /// Failed Redis calls, by kind (timeout, error)
+    redis_errors: IntCounterVec("cluster_redis_errors_total", labels = ["kind"]),
+    /// Redis reachability changes, by new state (up, down)
+    redis_transitions: IntCounterVec("cluster_redis_transitions_total", labels = ["to"]),
+    /// Cluster-limit decisions made without Redis, by on_redis_error mode (local, allow, deny)
+    rate_limit_fallback: IntCounterVec("rate_limit_fallback_total", labels = ["mode"]),
+    /// Redis calls of cluster limits (token batches taken or given back)
+    redis_calls: IntCounterVec("cluster_redis_calls_total", labels = ["op"]),
+    /// Instances a discovery provider currently feeds (its last good answer)
+    discovery_instances: IntGaugeVec("discovery_instances", labels = ["provider"]),
+    /// 1 while a discovery provider cannot be reached (its instances are stale)
+    discovery_stale: IntGaugeVec("discovery_stale", labels = ["provider"]),
+    /// Failed fetches or watches, by provider
+    discovery_errors: IntCounterVec("discovery_errors_total", labels = ["provider"]),
+    /// Entries skipped as invalid registrations, by provider
+    discovery_skipped: IntCounterVec("discovery_skipped_total", labels = ["provider"]),
 }
 
 impl Metrics {

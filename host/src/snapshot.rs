@@ -9,15 +9,16 @@ use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::carry::Carried;
-use crate::config::{CacheConfig, Config, PluginRef, PluginsConfig};
+use crate::cluster_limit::{ClusterLimiter, ClusterLimits};
+use crate::config::{CacheConfig, Config, OnRedisError, PluginRef, PluginsConfig};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::plan::{Plan, RoutePlan};
+use crate::plan::{LimitScope, Plan, RoutePlan};
 use crate::plugins::gate::BreakerLimits;
 use crate::plugins::{ChainCache, ChainEntry, HostSettings, Limits};
 use crate::policy::rate_limit::{KeyedLimiter, LimitSpec, Limiter};
 use crate::policy::response_cache::ResponseCache;
-use crate::policy::{RoutePolicies, UserLimit};
+use crate::policy::{RouteLimiter, RoutePolicies, UserLimit, UserLimiter};
 use crate::registry::{self, Registration};
 use crate::rewrite::{HeaderEdits, PathRewrite};
 use crate::router::Router;
@@ -104,22 +105,37 @@ impl Snapshot {
 pub struct PolicyState {
     limiters: Carried<(Arc<str>, LimitSpec), Limiter>,
     user_limiters: Carried<(Arc<str>, LimitSpec, u64), KeyedLimiter>,
+    /// Cluster-scoped limits, by (route, per-user?, spec, on_redis_error, max_keys).
+    cluster_limiters: Carried<ClusterKey, ClusterLimiter>,
     caches: Carried<(Arc<str>, CacheConfig), ResponseCache>,
 }
 
-/// Builds a snapshot of `plan` plus the registry's `services`.
-pub fn build(
-    plan: Arc<Plan>,
-    generation: u64,
-    upstream_state: &UpstreamState,
-    policy_state: &PolicyState,
-    metrics: &Metrics,
-    services: &BTreeMap<String, Vec<Registration>>,
-) -> Snapshot {
+type ClusterKey = (Arc<str>, bool, LimitSpec, OnRedisError, u64);
+
+/// What a snapshot is built with besides the plan.
+pub struct Inputs<'a> {
+    pub upstream_state: &'a UpstreamState,
+    pub policy_state: &'a PolicyState,
+    pub cluster_limits: &'a ClusterLimits,
+    pub metrics: &'a Metrics,
+    /// The registry's and the discovery providers' services, merged.
+    pub services: &'a BTreeMap<String, Vec<Registration>>,
+}
+
+/// Builds a snapshot of `plan` plus the registry's and providers' `services`.
+pub fn build(plan: Arc<Plan>, generation: u64, inputs: &Inputs<'_>) -> Snapshot {
+    let Inputs {
+        upstream_state,
+        policy_state,
+        cluster_limits,
+        metrics,
+        services,
+    } = *inputs;
     let (service_groups, service_routes) = registry::service_routes(services, &plan.routes);
     let built = upstream_state.build(plan.upstreams.values().chain(&service_groups), metrics);
     let mut limiters = policy_state.limiters.rebuild();
     let mut user_limiters = policy_state.user_limiters.rebuild();
+    let mut cluster_limiters = policy_state.cluster_limiters.rebuild();
     let mut caches = policy_state.caches.rebuild();
     let now = Instant::now();
     let mut specs = Vec::new();
@@ -132,16 +148,57 @@ pub fn build(
         };
         let label = &route.label;
         let policies = RoutePolicies {
-            rate_limit: route.rate_limit.as_ref().map(|spec| {
-                limiters.keep((label.clone(), spec.clone()), || {
-                    Limiter::new(spec.clone(), now)
-                })
+            rate_limit: route.rate_limit.as_ref().map(|limit| {
+                let spec = &limit.spec;
+                match limit.scope {
+                    LimitScope::Node => {
+                        RouteLimiter::Node(limiters.keep((label.clone(), spec.clone()), || {
+                            Limiter::new(spec.clone(), now)
+                        }))
+                    }
+                    LimitScope::Cluster { on_redis_error } => {
+                        RouteLimiter::Cluster(cluster_limiters.keep(
+                            (label.clone(), false, spec.clone(), on_redis_error, 1),
+                            || {
+                                cluster_limits.limiter(
+                                    label,
+                                    false,
+                                    spec.clone(),
+                                    on_redis_error,
+                                    1,
+                                )
+                            },
+                        ))
+                    }
+                }
             }),
             user_rate_limit: route.user_rate_limit.as_ref().map(|user| UserLimit {
-                limiter: user_limiters
-                    .keep((label.clone(), user.spec.clone(), user.max_keys), || {
-                        KeyedLimiter::new(user.spec.clone(), user.max_keys)
-                    }),
+                limiter: match user.scope {
+                    LimitScope::Node => UserLimiter::Node(
+                        user_limiters
+                            .keep((label.clone(), user.spec.clone(), user.max_keys), || {
+                                KeyedLimiter::new(user.spec.clone(), user.max_keys)
+                            }),
+                    ),
+                    LimitScope::Cluster { on_redis_error } => {
+                        let key = (
+                            label.clone(),
+                            true,
+                            user.spec.clone(),
+                            on_redis_error,
+                            user.max_keys,
+                        );
+                        UserLimiter::Cluster(cluster_limiters.keep(key, || {
+                            cluster_limits.limiter(
+                                label,
+                                true,
+                                user.spec.clone(),
+                                on_redis_error,
+                                user.max_keys,
+                            )
+                        }))
+                    }
+                },
                 keys: user.keys.clone(),
             }),
             cache: route.cache.as_ref().map(|cfg| {
@@ -163,6 +220,7 @@ pub fn build(
     }
     limiters.commit();
     user_limiters.commit();
+    cluster_limiters.commit();
     caches.commit();
     Snapshot {
         generation,

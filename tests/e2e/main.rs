@@ -8,6 +8,8 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_limits;
+mod discovery;
 mod framing;
 mod plugin_safety;
 mod plugins;

@@ -58,7 +58,9 @@ pub async fn start(
     }
     let keys = Keyring::new(settings.secret_key.clone().into_iter().collect())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let view = Arc::new(ClusterView::default());
+    let view = Arc::new(ClusterView::with_alive_counter(
+        gateway.cluster_limits.alive_counter(),
+    ));
     *view.gossip_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
     let config = SwimConfig::lan(gateway.node_name.clone(), advertise);
     let seeds = resolve_seeds(&settings.join).await;

@@ -4,7 +4,8 @@
 //! `ClusterView`, so the view must not depend on the gateway (no import cycle).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -18,9 +19,20 @@ pub struct ClusterView {
     members: Mutex<Vec<Member>>,
     pub gossip_addr: Mutex<Option<SocketAddr>>,
     leave: Notify,
+    /// Members alive or suspected (not yet declared dead), this node included: what
+    /// cluster-scoped rate limits divide by without Redis.
+    alive: Arc<AtomicUsize>,
 }
 
 impl ClusterView {
+    /// A view that keeps `alive` up to date with the member list.
+    pub fn with_alive_counter(alive: Arc<AtomicUsize>) -> Self {
+        Self {
+            alive,
+            ..Self::default()
+        }
+    }
+
     /// Asks the loop to leave the cluster (peers then see this node as "left", not
     /// dead) and stop; the cluster task ends once the leave has been gossiped.
     pub fn leave(&self) {
@@ -36,6 +48,11 @@ impl ClusterView {
 
     /// Replaces the member list (the driver, after each membership change).
     pub(super) fn set_members(&self, members: Vec<Member>) {
+        let alive = members
+            .iter()
+            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .count();
+        self.alive.store(alive.max(1), Ordering::Relaxed);
         *self.members.lock().unwrap_or_else(|e| e.into_inner()) = members;
     }
 

@@ -7,13 +7,15 @@
 //! The semantic checks (references between sections, patterns, URLs) are `plan`'s,
 //! which compiles a `Config` into what the gateway is built from.
 
+mod discovery;
 mod load;
 mod policy;
 mod schema;
 
+pub use discovery::{DiscoveryCheck, DiscoveryConfig, DiscoveryKind, RedisConfig};
 pub use load::{ConfigError, Parsed, Problem, parse};
 pub use policy::{
-    CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig, RateAlgorithm,
-    RateLimitConfig, RetryConfig,
+    CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, LimitScopeConfig,
+    OnRedisError, OutlierConfig, RateAlgorithm, RateLimitConfig, RetryConfig,
 };
 pub use schema::*;

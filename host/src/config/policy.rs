@@ -19,6 +19,11 @@ pub struct RateLimitConfig {
     pub key: Vec<String>,
     /// user_rate_limit only: most user ids tracked at once (memory bound).
     pub max_keys: u64,
+    /// `node`: each gateway counts alone. `cluster`: one limit for the whole cluster,
+    /// shared through `[cluster.redis]` (without Redis: the limit ÷ alive members).
+    pub scope: LimitScopeConfig,
+    /// scope = "cluster" only: what happens while Redis is down or slow.
+    pub on_redis_error: OnRedisError,
 }
 
 impl Default for RateLimitConfig {
@@ -30,8 +35,30 @@ impl Default for RateLimitConfig {
             window_ms: 1_000,
             key: Vec::new(),
             max_keys: 100_000,
+            scope: LimitScopeConfig::Node,
+            on_redis_error: OnRedisError::Local,
         }
     }
+}
+
+/// `rate_limit.scope`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScopeConfig {
+    Node,
+    Cluster,
+}
+
+/// `rate_limit.on_redis_error`: a cluster limit's behaviour while Redis cannot answer.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Each node enforces the limit ÷ alive cluster members on its own.
+    Local,
+    /// Admit everything.
+    Allow,
+    /// Refuse everything (429).
+    Deny,
 }
 
 /// `rate_limit.algorithm`.

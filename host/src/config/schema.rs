@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::discovery::{DiscoveryConfig, RedisConfig};
 use super::policy::{
     CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig,
     RateLimitConfig, RetryConfig,
@@ -19,6 +20,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Absent = a single node (no gossip).
     pub cluster: Option<ClusterConfig>,
+    /// `[[discovery]]`: services read from etcd, DNS SRV or Consul.
+    pub discovery: Vec<DiscoveryConfig>,
 }
 
 /// `[cluster]`: gossip with other gateway nodes (memberlist's protocol).
@@ -36,6 +39,10 @@ pub struct ClusterConfig {
     pub secret_key: Option<String>,
     /// Unique node name; default `hostname:http-port`.
     pub node_name: Option<String>,
+    /// `false`: no gossip (a node that only shares rate-limit state through Redis).
+    pub gossip: bool,
+    /// `[cluster.redis]`: shared state for `scope = "cluster"` rate limits.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for ClusterConfig {
@@ -46,6 +53,8 @@ impl Default for ClusterConfig {
             join: Vec::new(),
             secret_key: None,
             node_name: None,
+            gossip: true,
+            redis: None,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! - `upstreams` `[upstreams.NAME]` → parsed target addresses
 //! - `routes`    `[[routes]]` → patterns, methods, user keys, rewrites, header edits
 //! - `policy`    traffic-policy tables → limit specs, CORS, value checks
+//! - `discovery` `[cluster.redis]` and `[[discovery]]` → Redis and provider settings
 //!
 //! `fluxgate-host validate`, startup and every hot reload go through [`parse`] (or
 //! [`load_file`]), so they print and apply the same thing.
 
+mod discovery;
 mod policy;
 mod routes;
 mod settings;
@@ -20,7 +22,8 @@ use std::path::Path;
 
 use crate::config::{self, Config, ConfigError, Problem};
 
-pub use policy::UserLimitPlan;
+pub use discovery::{DiscoveryPlan, RedisSettings, Source};
+pub use policy::{LimitPlan, LimitScope, UserLimitPlan};
 pub use routes::{RoutePlan, compile_route};
 pub use settings::{ClusterSettings, is_plugin_name};
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
@@ -38,6 +41,10 @@ pub struct Plan {
     pub routes: Vec<RoutePlan>,
     /// `[cluster]` with the command-line overrides applied; `None` = one node.
     pub cluster: Option<ClusterSettings>,
+    /// `[cluster.redis]`: where cluster-scoped rate limits count.
+    pub redis: Option<RedisSettings>,
+    /// `[[discovery]]` providers, in config order.
+    pub discovery: Vec<DiscoveryPlan>,
 }
 
 /// Command-line settings that override the file, applied to every version of it (at
@@ -84,6 +91,12 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
         .cluster
         .as_ref()
         .and_then(|c| settings::compile_cluster(c, &mut out));
+    let redis = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.redis.as_ref())
+        .and_then(|r| discovery::compile_redis(r, &mut out));
+    let discovery = discovery::compile_discovery(&config.discovery, &mut out);
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
         if name.is_empty()
@@ -133,6 +146,8 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             upstreams,
             routes,
             cluster,
+            redis,
+            discovery,
         }),
         _ => Err(out),
     }
@@ -225,7 +240,7 @@ mod tests {
         assert_eq!(route.spec.methods, vec![http::Method::GET]);
         assert_eq!(route.spec.user_id_key.len(), 2);
         assert_eq!(route.rewrite.apply("/api/v1/users/7"), "/users/7");
-        let limit = route.rate_limit.as_ref().unwrap();
+        let limit = &route.rate_limit.as_ref().unwrap().spec;
         assert_eq!(
             (limit.capacity, limit.window),
             (5, std::time::Duration::from_secs(2))
@@ -354,6 +369,10 @@ mod tests {
             (
                 "plugins.toml",
                 include_str!("../../../examples/plugins.toml"),
+            ),
+            (
+                "cluster.toml",
+                include_str!("../../../examples/cluster.toml"),
             ),
         ] {
             assert_eq!(problems(text), Vec::<String>::new(), "examples/{name}");

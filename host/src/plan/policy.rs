@@ -4,12 +4,29 @@
 use std::time::Duration;
 
 use crate::config::{
-    CacheConfig, CircuitBreakerConfig, HealthCheckConfig, OutlierConfig, Problem, RateAlgorithm,
-    RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig,
+    CacheConfig, CircuitBreakerConfig, HealthCheckConfig, LimitScopeConfig, OnRedisError,
+    OutlierConfig, Problem, RateAlgorithm, RateLimitConfig, RetryConfig, RouteConfig,
+    UpstreamConfig,
 };
 use crate::policy::cors::Cors;
 use crate::policy::rate_limit::{Algorithm, LimitSpec};
 use crate::user_id::KeySource;
+
+/// Where a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitScope {
+    /// Each node counts alone.
+    Node,
+    /// One count for the cluster (Redis, else limit ÷ alive members).
+    Cluster { on_redis_error: OnRedisError },
+}
+
+/// A route-wide limit: its spec and scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitPlan {
+    pub spec: LimitSpec,
+    pub scope: LimitScope,
+}
 
 /// A per-user limit: its spec, where user ids come from, how many are tracked.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,12 +34,13 @@ pub struct UserLimitPlan {
     pub spec: LimitSpec,
     pub keys: Vec<KeySource>,
     pub max_keys: u64,
+    pub scope: LimitScope,
 }
 
 /// A route's policy tables, compiled.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RoutePolicyPlan {
-    pub rate_limit: Option<LimitSpec>,
+    pub rate_limit: Option<LimitPlan>,
     pub user_rate_limit: Option<UserLimitPlan>,
     pub cors: Option<Cors>,
 }
@@ -77,7 +95,10 @@ pub(super) fn compile_route_policies(
                 "a route-wide limit has no key; per-user limits go in user_rate_limit",
             ));
         }
-        plan.rate_limit = Some(limit_spec(limit));
+        plan.rate_limit = Some(LimitPlan {
+            spec: limit_spec(limit),
+            scope: limit_scope(limit),
+        });
     }
     if let Some(limit) = &route.user_rate_limit {
         check_rate_limit(&at("user_rate_limit"), limit, out);
@@ -101,6 +122,7 @@ pub(super) fn compile_route_policies(
             spec: limit_spec(limit),
             keys,
             max_keys: limit.max_keys,
+            scope: limit_scope(limit),
         });
     }
     if let Some(cache) = &route.cache {
@@ -121,7 +143,23 @@ pub(super) fn compile_route_policies(
     plan
 }
 
+/// The scope of a checked `rate_limit` table.
+fn limit_scope(cfg: &RateLimitConfig) -> LimitScope {
+    match cfg.scope {
+        LimitScopeConfig::Node => LimitScope::Node,
+        LimitScopeConfig::Cluster => LimitScope::Cluster {
+            on_redis_error: cfg.on_redis_error,
+        },
+    }
+}
+
 fn check_rate_limit(at: &str, limit: &RateLimitConfig, out: &mut Vec<Problem>) {
+    if limit.scope == LimitScopeConfig::Node && limit.on_redis_error != OnRedisError::Local {
+        out.push(Problem::new(
+            format!("{at}.on_redis_error"),
+            "only applies with scope = \"cluster\"",
+        ));
+    }
     if limit.capacity == 0 {
         out.push(Problem::new(
             format!("{at}.capacity"),

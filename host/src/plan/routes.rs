@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::policy::{UserLimitPlan, compile_route_policies};
+use super::policy::{LimitPlan, UserLimitPlan, compile_route_policies};
 use super::settings::check_plugin_refs;
 use crate::config::{CacheConfig, DEFAULT_USER_ID_KEY, HeaderOps, PluginRef, Problem, RouteConfig};
 use crate::paths;
 use crate::policy::cors::Cors;
-use crate::policy::rate_limit::LimitSpec;
 use crate::rewrite::{HeaderEdits, PathRewrite};
 use crate::router::{Pattern, RouteSpec};
 use crate::user_id::KeySource;
@@ -33,7 +32,7 @@ pub struct RoutePlan {
     pub preserve_host: bool,
     pub host_rewrite: Option<HeaderValue>,
     pub plugins: Vec<PluginRef>,
-    pub rate_limit: Option<LimitSpec>,
+    pub rate_limit: Option<LimitPlan>,
     pub user_rate_limit: Option<UserLimitPlan>,
     pub cache: Option<CacheConfig>,
     pub cors: Option<Cors>,

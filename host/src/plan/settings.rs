@@ -16,6 +16,8 @@ pub struct ClusterSettings {
     /// The decoded AES key: gossip is encrypted and authenticated when set.
     pub secret_key: Option<Vec<u8>>,
     pub node_name: Option<String>,
+    /// `cluster.gossip`: false = no gossip driver (Redis-only sharing).
+    pub gossip: bool,
 }
 
 impl ClusterSettings {
@@ -131,6 +133,7 @@ pub(super) fn compile_cluster(
         join: c.join.clone(),
         secret_key,
         node_name: c.node_name.clone(),
+        gossip: c.gossip,
     })
 }
 

@@ -7,6 +7,8 @@ pub mod breaker;
 pub mod cache_policy;
 pub mod cors;
 pub mod health;
+pub mod lease;
+pub mod outage;
 pub mod rate_limit;
 pub mod response_cache;
 pub mod retry;
@@ -16,15 +18,48 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
+use crate::cluster_limit::ClusterLimiter;
 use crate::user_id::{self, KeySource, RequestView};
 use cors::Cors;
 use rate_limit::{Decision, KeyedLimiter, Limiter};
 use response_cache::ResponseCache;
 
+/// A route-wide limit: counted by this node, or for the whole cluster.
+#[derive(Debug, Clone)]
+pub enum RouteLimiter {
+    Node(Arc<Limiter>),
+    Cluster(Arc<ClusterLimiter>),
+}
+
+impl RouteLimiter {
+    pub fn check(&self, now: Instant) -> Decision {
+        match self {
+            RouteLimiter::Node(l) => l.check(now),
+            RouteLimiter::Cluster(l) => l.check("", now),
+        }
+    }
+}
+
+/// A per-user limiter: counted by this node, or for the whole cluster.
+#[derive(Debug, Clone)]
+pub enum UserLimiter {
+    Node(Arc<KeyedLimiter>),
+    Cluster(Arc<ClusterLimiter>),
+}
+
+impl UserLimiter {
+    pub fn check(&self, key: &str, now: Instant) -> Decision {
+        match self {
+            UserLimiter::Node(l) => l.check(key, now),
+            UserLimiter::Cluster(l) => l.check(key, now),
+        }
+    }
+}
+
 /// A per-user limit and where the user id comes from.
 #[derive(Debug)]
 pub struct UserLimit {
-    pub limiter: Arc<KeyedLimiter>,
+    pub limiter: UserLimiter,
     pub keys: Vec<KeySource>,
 }
 
@@ -32,7 +67,7 @@ pub struct UserLimit {
 /// route's policy config did not change).
 #[derive(Debug, Default)]
 pub struct RoutePolicies {
-    pub rate_limit: Option<Arc<Limiter>>,
+    pub rate_limit: Option<RouteLimiter>,
     pub user_rate_limit: Option<UserLimit>,
     pub cache: Option<Arc<ResponseCache>>,
     pub cors: Option<Cors>,

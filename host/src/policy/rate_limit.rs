@@ -574,7 +574,7 @@ impl std::fmt::Debug for KeyedLimiter {
 }
 
 /// How long a key must be idle before its state equals a fresh one.
-fn idle_timeout(spec: &LimitSpec) -> Duration {
+pub(crate) fn idle_timeout(spec: &LimitSpec) -> Duration {
     let idle = match spec.algorithm {
         Algorithm::TokenBucket | Algorithm::LeakyBucket => {
             // No refill means never recovering; MAX_IDLE then bounds memory instead.

@@ -1,6 +1,7 @@
 //! The registry's management endpoints: register, deregister, heartbeat, list. Writes
 //! are accepted from loopback, or with `Authorization: Bearer <admin_token>`.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -155,7 +156,9 @@ async fn instance_id(req: Request<GatewayBody>) -> Result<String, GatewayError> 
 }
 
 /// `GET /api/v1/services[?service=S&version=V&region=R]`: live instances grouped by
-/// service, with their health and owning node.
+/// service, with their health and owner: `node` for the registry (gossiped; `node`
+/// names the owning node), else the discovery provider (`etcd`, `dns_srv`, `consul`)
+/// that feeds them, `stale` while that provider cannot be reached.
 fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response<GatewayBody> {
     let filters: Vec<(String, String)> = req
         .uri()
@@ -163,27 +166,28 @@ fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let wanted = |key: &str| filters.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let keep = |service: &str, reg: &Registration| {
+        wanted("service").is_none_or(|s| *s == service)
+            && ["version", "region"]
+                .iter()
+                .all(|k| wanted(k).is_none_or(|v| reg.metadata.get(*k) == Some(v)))
+    };
     let now = Instant::now();
-    let registry = gateway.registry();
-    let mut services = serde_json::Map::new();
-    for (service, instances) in registry.services() {
-        if wanted("service").is_some_and(|s| *s != service) {
-            continue;
-        }
-        let group = snapshot.upstreams.get(&group_name(&service));
-        let list: Vec<serde_json::Value> = instances
-            .iter()
-            .filter(|(reg, _)| {
-                ["version", "region"]
-                    .iter()
-                    .all(|k| wanted(k).is_none_or(|v| reg.metadata.get(*k) == Some(v)))
-            })
-            .map(|(reg, stamp)| {
-                let url = reg.url();
-                let healthy = group
-                    .and_then(|g| g.targets.iter().find(|t| *t.url == *url))
-                    .map(|t| t.is_available(now));
-                serde_json::json!({
+    let healthy = |service: &str, url: &str| {
+        snapshot
+            .upstreams
+            .get(&group_name(service))
+            .and_then(|g| g.targets.iter().find(|t| *t.url == *url))
+            .map(|t| t.is_available(now))
+    };
+    let mut services: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for (service, instances) in gateway.registry().services() {
+        for (reg, stamp) in instances.iter().filter(|(r, _)| keep(&service, r)) {
+            let url = reg.url();
+            services
+                .entry(service.clone())
+                .or_default()
+                .push(serde_json::json!({
                     "id": reg.id,
                     "address": reg.address,
                     "port": reg.port,
@@ -192,12 +196,30 @@ fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response
                     "check": reg.check,
                     "ttl_s": reg.ttl_s,
                     "node": stamp.owner,
-                    "healthy": healthy,
-                })
-            })
-            .collect();
-        if !list.is_empty() {
-            services.insert(service, serde_json::Value::Array(list));
+                    "owner": "node",
+                    "stale": false,
+                    "healthy": healthy(&service, &url),
+                }));
+        }
+    }
+    for (service, instances) in gateway.discovered().services() {
+        for (reg, found) in instances.iter().filter(|(r, _)| keep(&service, r)) {
+            let url = reg.url();
+            services
+                .entry(service.clone())
+                .or_default()
+                .push(serde_json::json!({
+                    "id": reg.id,
+                    "address": reg.address,
+                    "port": reg.port,
+                    "url": url,
+                    "metadata": reg.metadata,
+                    "check": reg.check,
+                    "owner": found.kind.as_str(),
+                    "provider": found.label,
+                    "stale": found.stale,
+                    "healthy": healthy(&service, &url),
+                }));
         }
     }
     json_response(

@@ -1,5 +1,6 @@
 //! Test support: real upstream servers, a real gateway on port 0, and HTTP clients.
 
+pub mod daemons;
 pub mod upstream;
 pub mod wasm;
 
