@@ -277,8 +277,8 @@ impl Gateway {
             crate::memory::release_freed_memory();
             compiled
         })
-            .await
-            .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
+        .await
+        .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
         let uses = self.snapshot().plugin_uses(name);
         let installed = match compiled {
             Ok(compiled) => self.plugins.install(compiled, &uses, &self.metrics).await,

@@ -8,8 +8,9 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use super::bindings::PluginInfo;
+use super::call::CallError;
 use super::message::{RequestState, ResponseState};
-use super::pool::{CallError, InstancePool};
+use super::pool::InstancePool;
 use super::registry::{ChainEntry, PluginHost};
 use crate::config::OnError;
 use crate::error::GatewayError;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::pool::{CallError, Limits};
+use super::call::{CallError, Limits};
 use crate::policy::breaker::{BreakerPermit, BreakerSpec, BreakerState, CircuitBreaker};
 
 /// `plugins.breaker`: when a plugin is short-circuited.

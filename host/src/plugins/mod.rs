@@ -8,6 +8,7 @@
 //! - `host_api`  the handles' methods and the host imports (log, kv, clock), bounded
 //!   per call
 //! - `kv`        the per-plugin key-value store behind the `kv-*` imports
+//! - `call`      the limits a call runs under and the ways it can fail
 //! - `gate`      per plugin: calls at once, instance and idle-memory budgets, breaker
 //! - `pool`      warm instances per plugin version and config; calls under limits
 //! - `registry`  which version of each plugin is in force (ArcSwap), loading/unloading
@@ -15,6 +16,7 @@
 //! - `watch`     the watched plugin folder (untrusted: regular files only, size cap)
 
 pub mod bindings;
+pub mod call;
 pub mod chain;
 pub mod gate;
 pub mod host_api;
@@ -25,7 +27,7 @@ pub mod registry;
 pub mod runtime;
 pub mod watch;
 
+pub use call::{CallError, Limits};
 pub use chain::{Chain, ChainCache, Entries, OnRequest, PluginFailure};
 pub use message::{RequestState, ResponseState};
-pub use pool::{CallError, Limits};
 pub use registry::{ChainEntry, HostSettings, PluginHost};

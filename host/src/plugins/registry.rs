@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::bindings::PluginPre;
+use super::call::{CallError, Limits};
 use super::gate::{BreakerLimits, PluginGate};
 use super::kv::KvStore;
-use super::pool::{CallError, InstancePool, Limits};
+use super::pool::InstancePool;
 use super::runtime::{PluginShared, Runtime, StoreState};
 use crate::balancer::stable_hash;
 use crate::metrics::{Metrics, PluginMetrics};
