@@ -12,6 +12,20 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
+# The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
+# HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
+GO_PACKAGES="golang-go golang-github-hashicorp-memberlist-dev"
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/hashicorp/memberlist ]; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    if ! $SUDO apt-get install -y -qq --no-install-recommends $GO_PACKAGES >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null
+        $SUDO apt-get install -y -qq --no-install-recommends $GO_PACKAGES >/dev/null
+    fi
+fi
+
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 

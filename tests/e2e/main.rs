@@ -8,6 +8,7 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_interop;
 mod framing;
 mod plugins;
 mod policies;
