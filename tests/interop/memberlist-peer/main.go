@@ -18,10 +18,12 @@
 //	leave                 leaves gracefully; answers "left"
 //	quit                  exits (so does the end of standard input)
 //
-// Standard output, one event a line: "ready NAME IP:PORT" once, then "member NAME STATE"
-// for every join, update and departure (STATE: alive, suspect, dead, left) and
-// "user BYTES" for every user message received. memberlist's own log goes to standard
-// error.
+// Standard output, one event a line: "ready NAME IP:PORT" once, then "member NAME alive"
+// for every join and update, "member NAME dead" for every departure, and "user BYTES"
+// for every user message received. memberlist 0.2.2 keeps a node's state beside its
+// Node, not in Node.State, so a delegate cannot tell a death from a graceful leave, and
+// "members" lists the members not dead or left, each as alive. memberlist's own log
+// (suspicions, failed probes, TCP fallback pings) goes to standard error.
 package main
 
 import (
@@ -44,26 +46,12 @@ func say(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stdout, format+"\n", args...)
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
-}
-
 // events prints membership changes as memberlist's EventDelegate reports them.
 type events struct{}
 
 func (events) NotifyJoin(n *memberlist.Node)   { say("member %s alive", n.Name) }
-func (events) NotifyUpdate(n *memberlist.Node) { say("member %s %s", n.Name, stateName(n.State)) }
-func (events) NotifyLeave(n *memberlist.Node)  { say("member %s %s", n.Name, stateName(n.State)) }
+func (events) NotifyUpdate(n *memberlist.Node) { say("member %s alive", n.Name) }
+func (events) NotifyLeave(n *memberlist.Node)  { say("member %s dead", n.Name) }
 
 // delegate receives user messages and hands out our own broadcasts. Like any memberlist
 // application that does not re-broadcast, it never relays what others sent.
@@ -154,7 +142,7 @@ func main() {
 		case "members":
 			var parts []string
 			for _, m := range list.Members() {
-				parts = append(parts, m.Name+"="+stateName(m.State))
+				parts = append(parts, m.Name+"=alive")
 			}
 			say("members %s", strings.Join(parts, " "))
 		case "broadcast":
