@@ -189,7 +189,8 @@ pub fn run(sc: &Scenario) -> Figures {
         net.step();
     }
     let registering = (net.stats.bytes() - b0) as f64 / n as f64 / (net.now() - t0).as_secs_f64();
-    let limit = net.now() + Duration::from_secs(120);
+    // Stragglers (a node that missed every gossiped copy) wait for push/pull.
+    let limit = net.now() + push_pull_scale(Duration::from_secs(30), n) + Duration::from_secs(60);
     while !spreading.pending.is_empty() && net.now() < limit {
         spreading.check(&net);
         net.run_for(Duration::from_millis(20));
