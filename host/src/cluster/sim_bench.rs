@@ -15,9 +15,12 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use super::messages::{NodeState, PushNodeState, PushPull};
+use super::replication::Replication;
 use super::sim::SimNetwork;
-use super::swim::{MemberEvent, MemberState, push_pull_scale};
-use crate::registry::Registration;
+use super::swim::{MemberEvent, MemberState, VSN, push_pull_scale};
+use super::wire;
+use crate::registry::{Registration, Registry, TOMBSTONE_GRACE};
 
 /// memberlist's `maxPushStateBytes` (net.go): a push/pull stream above this is refused.
 pub const MEMBERLIST_MAX_PUSH_STATE_BYTES: u64 = 20 * 1024 * 1024;
@@ -363,6 +366,44 @@ pub fn run(sc: &Scenario) -> Figures {
     fig
 }
 
+/// The bytes of one push/pull stream message with `members` alive members (named and
+/// addressed as the simulator's) and a registry of `registrations` instances as its user
+/// state, encoded by the real codec: what a node of such a cluster sends per exchange.
+pub fn push_pull_bytes(members: usize, registrations: usize) -> usize {
+    let nodes = (0..members)
+        .map(|i| {
+            let addr = SimNetwork::addr(i);
+            PushNodeState {
+                name: SimNetwork::name(i),
+                addr: match addr.ip() {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                },
+                port: addr.port(),
+                meta: Vec::new(),
+                incarnation: 1,
+                state: NodeState::Alive,
+                vsn: VSN.to_vec(),
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    let mut registry = Registry::new("node-0", 1_000_000, TOMBSTONE_GRACE);
+    for j in 0..registrations {
+        registry.register(instance(format!("big{j}")), start);
+    }
+    let user_state = Replication::default()
+        .local_state(&registry)
+        .as_ref()
+        .clone();
+    let state = PushPull {
+        join: false,
+        nodes,
+        user_state,
+    };
+    wire::encode_push_pull(&state).len()
+}
+
 /// Registration spread among `n` nodes of which the last `foreign` are memberlist nodes
 /// without our registry (Go peers): p50 and p99 over `count` registrations made one at a
 /// time on random registry nodes, with registry relaying on or off (push/pull alone).
@@ -428,6 +469,14 @@ mod tests {
         for (name, value) in &fig.0 {
             println!("{name} {value}");
         }
+        let members = sc.nodes;
+        for regs in [0, 1_000, 10_000] {
+            println!(
+                "push_pull_bytes_{members}_members_{regs}_registrations {}",
+                push_pull_bytes(members, regs)
+            );
+        }
+        println!("memberlist_max_push_state_bytes {MEMBERLIST_MAX_PUSH_STATE_BYTES}");
         if env("SIM_FOREIGN", 1) == 1 {
             for (relay, label) in [(true, "relay"), (false, "push_pull_only")] {
                 let (p50, p99) = foreign_spread(10, 1, relay, 20, sc.seed);
@@ -473,6 +522,14 @@ mod tests {
         let (p50, p99) = foreign_spread(10, 1, true, 10, 13);
         eprintln!("[sim] 1 foreign of 10, relaying: registration on all 9 p50 {p50:?} p99 {p99:?}");
         assert!(p99 <= Duration::from_secs(2), "p99 {p99:?}");
+    }
+
+    #[test]
+    fn push_pull_state_at_1000_members_and_10000_registrations_fits_memberlist() {
+        let bytes = push_pull_bytes(1000, 10_000);
+        eprintln!("[sim] push/pull at 1,000 members and 10,000 registrations: {bytes} bytes");
+        assert!((bytes as u64) < MEMBERLIST_MAX_PUSH_STATE_BYTES);
+        assert!(bytes > push_pull_bytes(1000, 0));
     }
 
     #[test]
