@@ -610,9 +610,13 @@ impl SimNetwork {
 
     /// Fills in the application's push/pull state as the driver does at send time.
     fn with_user_state(&mut self, i: usize, mut state: PushPull) -> PushPull {
-        let node = &mut self.nodes[i];
-        if let Some(registry) = node.registry.as_ref() {
-            state.user_state = node.replication.local_state(registry).as_ref().clone();
+        // Encoded afresh each time: a cache per node (as the driver keeps one) would hold
+        // a whole registry's bytes for each of a thousand nodes.
+        if let Some(registry) = self.nodes[i].registry.as_ref() {
+            state.user_state = Replication::default()
+                .local_state(registry)
+                .as_ref()
+                .clone();
         }
         let bytes = wire::encode_push_pull(&state).len() as u64;
         self.stats.tcp_bytes += bytes;
