@@ -16,7 +16,9 @@
 #   SIM_REG_RATE        registrations per second cluster-wide (default 10)
 #   SIM_REG_S           length of the registering phase in virtual seconds (default 30)
 #   SIM_LARGE_REGISTRY  registrations made at once after the crash phase (default 0: skip)
-#   SIM_FOREIGN         1 (default): also 1 memberlist-only node among 10, relaying on/off
+#   SIM_TCP_PINGS       1 (default): memberlist's TCP fallback ping; 0 turns it off
+#   SIM_FOREIGN         1 (default): also 10 nodes with 0 or 1 memberlist-only node,
+#                       relaying on/off
 #
 # Figures: members_converged_s (all join through node 0 at once; until every node sees
 # N alive), gossip_bytes_per_node_s_idle (one push/pull period, empty registry),

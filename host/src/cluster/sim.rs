@@ -2,7 +2,8 @@
 //! `bench/cluster-sim.sh` scenarios (`sim_bench.rs`).
 //!
 //! It models a virtual clock, per-link loss, delay, partitions, crashes and restarts,
-//! UDP-only outages (TCP still gets through, as for memberlist's fallback ping), and
+//! UDP-only outages (TCP still gets through, as for memberlist's fallback ping; under
+//! loss a TCP ping pays TCP's retransmission timeouts), and
 //! "foreign" members: memberlist nodes without our registry (a Go peer), which neither
 //! apply nor relay registry deltas and send no registry state. Nothing sleeps: the clock
 //! is an `Instant` advanced by explicit steps, every random choice comes from seeded
@@ -526,6 +527,11 @@ impl SimNetwork {
         self.enqueue_at(due, payload);
     }
 
+    /// The loss probability of packets from `a` to `b`.
+    fn link_loss(&self, a: usize, b: usize) -> f64 {
+        self.link_loss.get(&(a, b)).copied().unwrap_or(self.loss)
+    }
+
     fn can_reach(&self, a: usize, b: usize) -> bool {
         self.groups.as_ref().is_none_or(|g| g[a] == g[b])
     }
@@ -569,11 +575,7 @@ impl SimNetwork {
             self.stats.blocked += 1;
             return;
         }
-        let loss = self
-            .link_loss
-            .get(&(from, to))
-            .copied()
-            .unwrap_or(self.loss);
+        let loss = self.link_loss(from, to);
         if loss > 0.0 && self.rng.random::<f64>() < loss {
             self.stats.lost += 1;
             return;
@@ -590,7 +592,23 @@ impl SimNetwork {
             .by_addr
             .get(&to)
             .is_some_and(|&t| !self.nodes[t].crashed && self.can_reach(from, t));
-        let back_at = self.now + self.delay() + self.delay();
+        // Connect, then the ping and its ack. Under loss, TCP retransmits: a lost SYN or
+        // SYN-ACK after Linux's 1 s initial timeout, a lost data segment after its 200 ms
+        // minimum RTO (so at 10% loss about a fifth of these pings miss the probe's end).
+        let mut back_at = self.now + self.delay() + self.delay();
+        if let Some(&t) = self.by_addr.get(&to) {
+            let (out, back) = (self.link_loss(from, t), self.link_loss(t, from));
+            for (p, retry) in [
+                (out, Duration::from_secs(1)),
+                (back, Duration::from_secs(1)),
+                (out, Duration::from_millis(200)),
+                (back, Duration::from_millis(200)),
+            ] {
+                if p > 0.0 && self.rng.random::<f64>() < p {
+                    back_at += retry;
+                }
+            }
+        }
         let (due, contacted) = if answered && back_at <= deadline {
             self.stats.tcp_pings_answered += 1;
             // The ack: a sequence number and an empty payload.
