@@ -8,6 +8,7 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_interop;
 mod cluster_limits;
 mod discovery;
 mod framing;
