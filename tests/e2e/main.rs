@@ -19,3 +19,4 @@ mod registry;
 mod reload;
 mod routing;
 mod support;
+mod tls;

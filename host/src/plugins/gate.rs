@@ -202,7 +202,11 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         first.done::<()>(&Ok(()));
-        assert_eq!(waiter.await.unwrap(), Ok(()), "a finished call frees its slot");
+        assert_eq!(
+            waiter.await.unwrap(),
+            Ok(()),
+            "a finished call frees its slot"
+        );
         // With every slot held, a wait ends at the time limit.
         let _third = gate.admit(&limits(2)).await.unwrap();
         let started = Instant::now();
@@ -217,7 +221,10 @@ mod tests {
             let permit = gate.try_admit(&limits(4)).unwrap();
             permit.done::<()>(&Err(CallError::Timeout));
         }
-        assert_eq!(gate.try_admit(&limits(4)).unwrap_err(), CallError::CircuitOpen);
+        assert_eq!(
+            gate.try_admit(&limits(4)).unwrap_err(),
+            CallError::CircuitOpen
+        );
         assert_eq!(gate.breaker_state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(6)).await;
         let trial = gate
