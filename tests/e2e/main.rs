@@ -20,3 +20,4 @@ mod reload;
 mod routing;
 mod support;
 mod tls;
+mod upstream_tls;

@@ -53,6 +53,8 @@ pub(super) fn new_client(settings: &ClientSettings) -> HttpClient {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    // https:// URIs reach this connector too; the TLS layer around it handles them.
+    http.enforce_http(false);
     // The TLS half is only used for https:// targets.
     let tls = &settings.tls;
     let builder = HttpsConnectorBuilder::new()
