@@ -9,8 +9,10 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::ACME_TLS_ALPN;
 use super::certs::LoadedCert;
+
+/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// One set of certificates, indexed by name.
 #[derive(Debug, Default)]
