@@ -20,3 +20,5 @@ mod registry;
 mod reload;
 mod routing;
 mod support;
+mod tls;
+mod upstream_tls;

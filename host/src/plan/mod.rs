@@ -14,6 +14,7 @@ mod discovery;
 mod policy;
 mod routes;
 mod settings;
+mod tls;
 mod upstreams;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ pub use discovery::{DiscoveryPlan, RedisSettings, Source};
 pub use policy::{LimitPlan, LimitScope, UserLimitPlan};
 pub use routes::{RoutePlan, compile_route};
 pub use settings::{ClusterSettings, is_plugin_name};
+pub use tls::TlsPlan;
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
 /// A checked config and everything compiled from it.
@@ -41,6 +43,8 @@ pub struct Plan {
     pub routes: Vec<RoutePlan>,
     /// `[cluster]` with the command-line overrides applied; `None` = one node.
     pub cluster: Option<ClusterSettings>,
+    /// `[tls]`; `None` = no TLS listener.
+    pub tls: Option<TlsPlan>,
     /// `[cluster.redis]`: where cluster-scoped rate limits count.
     pub redis: Option<RedisSettings>,
     /// `[[discovery]]` providers, in config order.
@@ -57,10 +61,18 @@ pub struct Overrides {
     pub gossip_port: Option<u16>,
     /// `--join`: turns clustering on and adds seeds.
     pub join: Vec<String>,
+    /// `--tls-port`: replaces `tls.listen`'s port.
+    pub tls_port: Option<u16>,
 }
 
 impl Overrides {
     pub fn apply(&self, config: &mut Config) {
+        if let (Some(port), Some(tls)) = (self.tls_port, &mut config.tls)
+            && let Ok(mut addr) = tls.listen.parse::<SocketAddr>()
+        {
+            addr.set_port(port);
+            tls.listen = addr.to_string();
+        }
         if let Some(port) = self.port
             && let Ok(mut addr) = config.server.listen.parse::<SocketAddr>()
         {
@@ -91,6 +103,10 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
         .cluster
         .as_ref()
         .and_then(|c| settings::compile_cluster(c, &mut out));
+    let tls = config
+        .tls
+        .as_ref()
+        .and_then(|t| tls::compile_tls(t, &mut out));
     let redis = config
         .cluster
         .as_ref()
@@ -148,6 +164,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             cluster,
             redis,
             discovery,
+            tls,
         }),
         _ => Err(out),
     }
@@ -259,6 +276,7 @@ mod tests {
             port: Some(9999),
             gossip_port: Some(7000),
             join: vec!["127.0.0.1:7001".into()],
+            ..Overrides::default()
         };
         let plan = parse("", &overrides).unwrap();
         assert_eq!(plan.listen.port(), 9999);
