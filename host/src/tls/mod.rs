@@ -24,10 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::metrics::Metrics;
-pub use store::CertStore;
-
-/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use store::{ACME_TLS_ALPN, CertStore};
 
 /// TLS sessions remembered for resumption (server-side cache; tickets are used too).
 const SESSION_CACHE: usize = 4096;
