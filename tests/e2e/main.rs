@@ -12,6 +12,7 @@ mod cluster_interop;
 mod cluster_limits;
 mod discovery;
 mod framing;
+mod http2;
 mod plugin_safety;
 mod plugins;
 mod policies;
