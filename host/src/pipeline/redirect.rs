@@ -4,7 +4,7 @@
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use super::Exchange;
+use super::exchange::Exchange;
 use crate::body::GatewayBody;
 
 /// Where ACME http-01 validations ask for their token.

@@ -6,7 +6,9 @@
 //! - `store`   the certificates served, chosen by SNI; ACME challenge certificates
 //! - `watch`   certificate files watched and reloaded without dropping connections
 //! - `client`  the rustls client config of an upstream group
+//! - `acme`    certificates obtained and renewed automatically (`[tls.acme]`)
 
+pub mod acme;
 pub mod certs;
 pub mod client;
 pub mod store;
@@ -24,10 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::metrics::Metrics;
-pub use store::CertStore;
-
-/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use store::{ACME_TLS_ALPN, CertStore};
 
 /// TLS sessions remembered for resumption (server-side cache; tickets are used too).
 const SESSION_CACHE: usize = 4096;
