@@ -10,6 +10,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+/// A certificate this close to expiry loads with a warning.
+const EXPIRES_SOON: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Why a certificate could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertError {
@@ -124,6 +127,13 @@ pub fn from_pem(
             path: cert.to_owned(),
             ago: human(Duration::from_secs(now - not_after)),
         });
+    }
+    if not_after - now < EXPIRES_SOON.as_secs() {
+        tracing::warn!(
+            cert = %cert,
+            expires_in = %human(Duration::from_secs(not_after - now)),
+            "TLS certificate expires soon"
+        );
     }
     let certified =
         CertifiedKey::from_der(chain, private, &default_provider()).map_err(|e| match e {

@@ -220,19 +220,22 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 }
 
 /// Why a connection failed in its TLS handshake, if it did: the rustls error found in
-/// the error's chain ("invalid peer certificate: UnknownIssuer", ...).
+/// the error's chain ("invalid peer certificate: UnknownIssuer", ...). io::Errors are
+/// opened with `get_ref` (their `source` skips the error they wrap); the depth is
+/// bounded.
 pub fn failure_reason(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut source = Some(error);
-    while let Some(e) = source {
+    let mut current = Some(error);
+    for _ in 0..16 {
+        let e = current?;
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls.to_string());
-        }
-        source = e.source();
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }

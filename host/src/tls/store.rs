@@ -17,7 +17,9 @@ use rustls::sign::CertifiedKey;
 
 use super::certs::LoadedCert;
 
-/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737).
+/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737). Defined here, where
+/// the challenge certificate is chosen by it, and re-exported by `tls` (the store
+/// importing it from tls/mod.rs made an import cycle).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// One set of certificates, indexed by name.

@@ -1,5 +1,5 @@
 //! Certificate files watched: a file replaced in place, by atomic rename, or by
-//! swapping a symlink (certbot's `live/` links) is served to new handshakes within a
+//! swapping a symlink (certbot's `live/` links, a Kubernetes secret's `..data`) is served to new handshakes within a
 //! second, without touching open connections. A broken replacement is logged and the
 //! certificates in force keep serving.
 
@@ -61,18 +61,13 @@ pub fn watch(
         .filter_map(Path::parent)
         .map(Path::to_owned)
         .collect();
-    let watched: BTreeSet<std::ffi::OsString> = certificates
-        .iter()
-        .flat_map(|c| [&c.cert, &c.key])
-        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-        .collect();
     let (events, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watches = Vec::new();
     for folder in folders {
-        let names = watched.clone();
-        let (watch, mut batches) = dir_watch::watch(&folder, move |p| {
-            p.file_name().filter(|n| names.contains(*n)).map(|_| ())
-        })?;
+        // Any change in the folder counts, not only the files' own names: a Kubernetes
+        // secret swaps a `..data` symlink the files point through. The fingerprint
+        // below tells a real change from noise.
+        let (watch, mut batches) = dir_watch::watch(&folder, |_| Some(()))?;
         let events = events.clone();
         tokio::spawn(async move {
             while batches.recv().await.is_some() {

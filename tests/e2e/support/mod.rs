@@ -2,6 +2,8 @@
 
 pub mod certs;
 pub mod daemons;
+pub mod h2;
+pub mod python;
 pub mod upstream;
 pub mod wasm;
 
@@ -89,6 +91,16 @@ impl TestGateway {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).expect("write file");
         }
+        Self::start_in(dir, config_text, plugins).await
+    }
+
+    /// Starts a gateway whose config is written into `dir`, prepared by the caller
+    /// (certificate folders with symlinks and the like).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+    ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
         let plan =
