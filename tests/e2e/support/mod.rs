@@ -91,7 +91,7 @@ impl TestGateway {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).expect("write file");
         }
-        Self::start_in(dir, config_text, plugins).await
+        Self::start_in_on(dir, config_text, plugins, listener, tls_listener).await
     }
 
     /// Starts a gateway whose config is written into `dir`, prepared by the caller
@@ -100,6 +100,16 @@ impl TestGateway {
         dir: tempfile::TempDir,
         config_text: &str,
         plugins: &[(&str, &[u8])],
+    ) -> Self {
+        Self::start_in_on(dir, config_text, plugins, None, None).await
+    }
+
+    async fn start_in_on(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+        listener: Option<TcpListener>,
+        tls_listener: Option<TcpListener>,
     ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
