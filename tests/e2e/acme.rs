@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::support::certs::{self, TestCa};
 use crate::support::daemons::{Daemon, free_port};
 use crate::support::upstream::Upstream;
-use crate::support::{TestGateway, client, config_with, get};
+use crate::support::{Reply, TestGateway, client, config_with, get};
 
 /// How long issuance may take (pebble validates at once; the machine may be busy).
 const ISSUANCE: Duration = Duration::from_secs(60);
@@ -126,20 +126,33 @@ async fn acme_gateway(
     TestGateway::start_on(&config, &files, plain, tls).await
 }
 
-/// The leaf the gateway serves for `name`, verified against `root` (pebble's issuing
-/// root), after a request over it was answered; `None` if the handshake fails.
-async fn served_leaf(gw: &TestGateway, name: &str, root: &str) -> Option<CertificateDer<'static>> {
+/// GETs `path` over TLS with SNI `name`, verifying the gateway's certificate against
+/// `root` (pebble's issuing root): the leaf served and the answer; `None` if the
+/// handshake fails.
+async fn tls_get(
+    gw: &TestGateway,
+    name: &str,
+    root: &str,
+    path: &str,
+) -> Option<(CertificateDer<'static>, Reply)> {
     let config = certs::client_config_for(root, &[b"http/1.1"], None);
     let addr = gw.tls_addr.unwrap();
     let (stream, handshake) = certs::connect(addr, name, config).await.ok()?;
-    let req = Request::get("/hello")
+    let req = Request::get(path)
         .header("host", name)
         .body(Full::new(Bytes::new()))
         .unwrap();
     let reply = certs::send_on(stream, false, req).await;
+    Some((handshake.leaf?, reply))
+}
+
+/// The leaf the gateway serves for `name`, verified against `root`, after a request
+/// over it reached the upstream; `None` if the handshake fails.
+async fn served_leaf(gw: &TestGateway, name: &str, root: &str) -> Option<CertificateDer<'static>> {
+    let (leaf, reply) = tls_get(gw, name, root, "/hello").await?;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["path"], "/hello");
-    handshake.leaf
+    Some(leaf)
 }
 
 /// Waits until the gateway serves a certificate for `name` that `root` verifies and
@@ -167,8 +180,13 @@ async fn wait_for_leaf(
     }
 }
 
-async fn metrics(gw: &TestGateway) -> String {
-    get(&client(), &gw.url("/metrics"), &[]).await.text()
+/// `/metrics`, over TLS (the plain listener redirects everything to HTTPS).
+async fn metrics(gw: &TestGateway, name: &str, root: &str) -> String {
+    let (_, reply) = tls_get(gw, name, root, "/metrics")
+        .await
+        .expect("TLS handshake for /metrics");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.text()
 }
 
 /// The value of a counter line, 0 when absent.
@@ -206,7 +224,7 @@ async fn http_01_issues_a_certificate_and_a_restart_serves_it_without_a_new_orde
         served_leaf(&gw, "api.fluxgate.test", &root).await.as_ref(),
         Some(&leaf)
     );
-    let text = metrics(&gw).await;
+    let text = metrics(&gw, name, &root).await;
     assert_eq!(
         counter(&text, "fluxgate_acme_orders_total{result=\"issued\"}"),
         1,
@@ -223,9 +241,19 @@ async fn http_01_issues_a_certificate_and_a_restart_serves_it_without_a_new_orde
         )),
         "{text}"
     );
-    // pebble validated over plain HTTP, through redirect_http = true.
-    let log = pebble.pebble.log();
-    assert!(log.contains("http-01"), "{log}");
+    // pebble validated over plain HTTP (it validates from several perspectives),
+    // although redirect_http sends everything else there to HTTPS.
+    let answered = "fluxgate_acme_challenges_answered_total";
+    assert!(
+        counter(&text, &format!("{answered}{{challenge=\"http-01\"}}")) >= 1,
+        "{text}"
+    );
+    assert!(!text.contains("challenge=\"tls-alpn-01\""), "{text}");
+    let plain = get(&client(), &gw.url("/hello"), &[("host", name)]).await;
+    assert_eq!(plain.status, 308);
+    let stale = "/.well-known/acme-challenge/no-such-token";
+    let plain = get(&client(), &gw.url(stale), &[("host", name)]).await;
+    assert_ne!(plain.status, 308, "challenge paths are never redirected");
     // The key is stored private, the account too.
     let mode = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
@@ -257,7 +285,7 @@ async fn http_01_issues_a_certificate_and_a_restart_serves_it_without_a_new_orde
     .await;
     assert_eq!(served_leaf(&gw, name, &root).await.as_ref(), Some(&leaf));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = metrics(&gw).await;
+    let text = metrics(&gw, name, &root).await;
     assert!(!text.contains("fluxgate_acme_orders_total{"), "{text}");
     assert!(
         text.contains(&format!(
@@ -290,15 +318,19 @@ async fn tls_alpn_01_issues_a_certificate() {
     )
     .await;
     wait_for_leaf(&gw, name, &root, None, &pebble).await;
-    let text = metrics(&gw).await;
+    let text = metrics(&gw, name, &root).await;
     assert_eq!(
         counter(&text, "fluxgate_acme_orders_total{result=\"issued\"}"),
         1,
         "{text}"
     );
-    let log = pebble.pebble.log();
-    assert!(log.contains("tls-alpn-01"), "{log}");
-    // The validation handshakes were counted under their protocol.
+    // pebble validated with acme-tls/1 handshakes on the TLS listener, not over HTTP.
+    let answered = "fluxgate_acme_challenges_answered_total";
+    assert!(
+        counter(&text, &format!("{answered}{{challenge=\"tls-alpn-01\"}}")) >= 1,
+        "{text}"
+    );
+    assert!(!text.contains("challenge=\"http-01\""), "{text}");
     assert!(text.contains("alpn=\"acme-tls/1\""), "{text}");
 }
 
@@ -331,7 +363,7 @@ async fn renewal_keeps_the_previous_certificate_serving_through_failures() {
     loop {
         // Every handshake meanwhile gets the first certificate, verified.
         assert_eq!(served_leaf(&gw, name, &root).await.as_ref(), Some(&first));
-        let text = metrics(&gw).await;
+        let text = metrics(&gw, name, &root).await;
         if counter(&text, "fluxgate_acme_orders_total{result=\"failed\"}") >= 1 {
             break;
         }
@@ -346,7 +378,7 @@ async fn renewal_keeps_the_previous_certificate_serving_through_failures() {
     pebble.dns.set_default_ipv4("127.0.0.1");
     let second = wait_for_leaf(&gw, name, &root, Some(&first), &pebble).await;
     assert_ne!(second, first);
-    let text = metrics(&gw).await;
+    let text = metrics(&gw, name, &root).await;
     assert_eq!(
         counter(&text, "fluxgate_acme_orders_total{result=\"issued\"}"),
         2,

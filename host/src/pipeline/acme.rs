@@ -17,6 +17,11 @@ pub(super) fn answer_http01<B>(ex: &Exchange, req: &Request<B>) -> Option<Respon
     let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
     let key_authorization = ex.gateway.acme_tokens.get(token)?;
     tracing::debug!(token, "ACME http-01 validation answered");
+    ex.gateway
+        .metrics
+        .acme_challenges_answered
+        .with_label_values(&["http-01"])
+        .inc();
     let mut response = Response::new(GatewayBody::full(key_authorization.as_bytes().to_vec()));
     *response.status_mut() = StatusCode::OK;
     response

@@ -29,9 +29,13 @@ pub fn challenge_certificate(domain: &str, digest: &[u8]) -> Result<Arc<Certifie
         .map_err(|e| format!("signing: {e}"))?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    CertifiedKey::from_der(chain, private, &default_provider())
-        .map(Arc::new)
-        .map_err(|e| format!("key: {e}"))
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki,
+    // which refuses the critical acmeIdentifier extension; the key is ours anyway.
+    let signing = default_provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
 #[cfg(test)]
