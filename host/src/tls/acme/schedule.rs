@@ -124,7 +124,14 @@ mod tests {
     #[test]
     fn backoff_doubles_with_jitter_in_the_upper_half_up_to_the_cap() {
         let s = schedule();
-        for (failures, ceiling) in [(1, 60), (2, 120), (3, 240), (6, 1920), (9, 6 * 3600)] {
+        for (failures, ceiling) in [
+            (1, 60),
+            (2, 120),
+            (3, 240),
+            (6, 1920),
+            (9, 15_360),
+            (10, 6 * 3600),
+        ] {
             let low = s.retry_delay(failures, 0.0);
             let high = s.retry_delay(failures, 0.999_999);
             assert_eq!(low, Duration::from_secs(ceiling / 2), "failure {failures}");
