@@ -13,12 +13,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 # The servers the end-to-end tests start on loopback ports (Debian packages): Redis
-# for cluster-wide rate limits, etcd and dnsmasq for discovery. Installed only when
-# missing; their package scripts are told not to start system-wide services.
+# for cluster-wide rate limits, etcd and dnsmasq for discovery, pebble (an ACME CA,
+# with pebble-challtestsrv in the same package) for automatic certificates. Installed
+# only when missing; their package scripts are told not to start system-wide services.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
+{ command -v pebble && command -v pebble-challtestsrv; } >/dev/null 2>&1 || need+=(pebble)
 # The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
 # HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
 command -v go >/dev/null 2>&1 || need+=(golang-go)

@@ -24,6 +24,8 @@ use crate::registry::{self, Delta, Registration, Registry};
 use crate::snapshot::{self as build, Inputs, PolicyState};
 pub use crate::snapshot::{Route, Snapshot};
 use crate::tls::CertStore;
+use crate::tls::acme::http01::Http01Tokens;
+use crate::tls::acme::task::{self as acme, AcmeContext, AcmeTask};
 use crate::tls::watch::CertWatcher;
 use crate::upstream::UpstreamState;
 
@@ -75,13 +77,17 @@ pub struct Gateway {
     tls: Mutex<Option<TlsServing>>,
     /// The TLS listener's bound port (redirects point at it).
     tls_port: OnceLock<u16>,
+    /// ACME http-01 answers under way (the plain listener serves them).
+    pub acme_tokens: Arc<Http01Tokens>,
 }
 
-/// What the TLS listener serves: the store its handshakes read and the files behind it.
+/// What the TLS listener serves: the store its handshakes read, the files behind it,
+/// and the ACME task that keeps its automatic certificate.
 struct TlsServing {
     store: Arc<CertStore>,
     plan: TlsPlan,
     _watcher: CertWatcher,
+    _acme: Option<AcmeTask>,
 }
 
 impl Gateway {
@@ -139,6 +145,7 @@ impl Gateway {
             discovered: Mutex::new(Discovered::default()),
             tls: Mutex::new(None),
             tls_port: OnceLock::new(),
+            acme_tokens: Arc::default(),
         })
     }
 
@@ -159,7 +166,8 @@ impl Gateway {
         self.rebuild(Arc::new(plan))
     }
 
-    /// Serves `store` on the TLS listener: its expiry published, its files watched.
+    /// Serves `store` on the TLS listener: its expiry published, its files watched,
+    /// and with `[tls.acme]` the task that obtains and renews the ACME certificate.
     pub fn start_tls(
         &self,
         store: Arc<CertStore>,
@@ -173,10 +181,19 @@ impl Gateway {
             store.clone(),
             self.metrics.clone(),
         )?;
+        let acme = plan.acme.as_ref().map(|acme| {
+            acme::spawn(AcmeContext {
+                plan: acme.clone(),
+                store: store.clone(),
+                tokens: self.acme_tokens.clone(),
+                metrics: self.metrics.clone(),
+            })
+        });
         *self.tls_serving() = Some(TlsServing {
             store,
             plan: plan.clone(),
             _watcher: watcher,
+            _acme: acme,
         });
         Ok(())
     }
@@ -197,6 +214,9 @@ impl Gateway {
                 "tls.listen, tls.http2 or tls.handshake_timeout_ms changed: takes effect after a restart"
             );
         }
+        if old.acme.as_ref().map(|a| &a.config) != new.acme.as_ref().map(|a| &a.config) {
+            tracing::warn!("[tls.acme] changed: takes effect after a restart");
+        }
         if old.certificates == new.certificates {
             current.plan.redirect_http = new.redirect_http;
             return;
@@ -209,7 +229,11 @@ impl Gateway {
             Ok(watcher) => {
                 current.store.replace(new.loaded.clone());
                 crate::tls::publish_expiry(&self.metrics, &current.store);
-                current.plan = new.clone();
+                // The ACME task keeps the settings it started with (restart to change).
+                current.plan = TlsPlan {
+                    acme: current.plan.acme.take(),
+                    ..new.clone()
+                };
                 current._watcher = watcher;
                 tracing::info!(
                     certificates = new.loaded.len(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::config::AcmeChallenge;
 use crate::gateway::Gateway;
 use crate::plan::TlsPlan;
 use crate::plan::{Overrides, Plan};
@@ -201,7 +202,7 @@ impl Drop for Tasks {
 }
 
 /// The TLS listener: bound, its certificates in a store the handshakes read, the
-/// certificate files watched.
+/// certificate files watched, the ACME task started (with `[tls.acme]`).
 fn start_tls(
     gateway: &Arc<Gateway>,
     plan: &TlsPlan,
@@ -215,11 +216,15 @@ fn start_tls(
         })?,
     };
     let store = Arc::new(CertStore::new(plan.loaded.clone()));
+    let acme_tls_alpn = plan
+        .acme
+        .as_ref()
+        .is_some_and(|acme| acme.challenge == AcmeChallenge::TlsAlpn01);
     let terminator = Terminator::new(
         store.clone(),
         TerminatorSettings {
             http2: plan.http2,
-            acme_tls_alpn: false,
+            acme_tls_alpn,
             handshake_timeout: plan.handshake_timeout,
         },
     )

@@ -178,6 +178,10 @@ metrics! {
     tls_certificate_expiry: IntGaugeVec("tls_certificate_expiry_seconds", labels = ["name"]),
     /// Certificate reloads from changed files, by result (ok, error)
     tls_certificate_reloads: IntCounterVec("tls_certificate_reloads_total", labels = ["result"]),
+    /// ACME certificate orders by result (issued, failed)
+    acme_orders: IntCounterVec("acme_orders_total", labels = ["result"]),
+    /// ACME validations answered, by challenge (http-01 requests, tls-alpn-01 handshakes)
+    acme_challenges_answered: IntCounterVec("acme_challenges_answered_total", labels = ["challenge"]),
 }
 
 impl Metrics {

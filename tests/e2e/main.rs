@@ -5,6 +5,7 @@
 // unwrap/expect in #[test] functions; the helpers here are test code too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod balancing;
 mod cli;
 mod cluster;

@@ -20,4 +20,7 @@ pub use policy::{
     OnRedisError, OutlierConfig, RateAlgorithm, RateLimitConfig, RetryConfig,
 };
 pub use schema::*;
-pub use tls::{CertificateConfig, Http2Config, TlsConfig, UpstreamProtocol, UpstreamTlsConfig};
+pub use tls::{
+    AcmeChallenge, AcmeConfig, CertificateConfig, Http2Config, LETS_ENCRYPT_DIRECTORY, TlsConfig,
+    UpstreamProtocol, UpstreamTlsConfig,
+};

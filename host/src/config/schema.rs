@@ -76,6 +76,12 @@ impl Config {
                 resolve(&mut cert.cert);
                 resolve(&mut cert.key);
             }
+            if let Some(acme) = &mut tls.acme {
+                resolve(&mut acme.storage);
+                if let Some(ca) = &mut acme.directory_ca_file {
+                    resolve(ca);
+                }
+            }
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {

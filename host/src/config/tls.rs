@@ -21,6 +21,8 @@ pub struct TlsConfig {
     pub http2: bool,
     /// A client must finish the TLS handshake within this time.
     pub handshake_timeout_ms: u64,
+    /// `[tls.acme]`: a certificate obtained and renewed automatically.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Default for TlsConfig {
@@ -31,6 +33,7 @@ impl Default for TlsConfig {
             redirect_http: false,
             http2: true,
             handshake_timeout_ms: 10_000,
+            acme: None,
         }
     }
 }
@@ -42,6 +45,75 @@ impl Default for TlsConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `[tls.acme]`: one certificate for `domains`, obtained from an ACME (RFC 8555)
+/// certificate authority, stored under `storage` and renewed before it expires.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AcmeConfig {
+    /// Contact address given to the CA when the account is created (optional).
+    pub email: Option<String>,
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// The names the certificate is for (its subjectAltNames); no wildcards.
+    pub domains: Vec<String>,
+    /// How the CA checks that the gateway answers for the names.
+    pub challenge: AcmeChallenge,
+    /// Folder for the account key and the certificates (relative to the config file).
+    pub storage: PathBuf,
+    /// Renew when fewer days than this are left (one third of the lifetime for
+    /// certificates that live less than three times this).
+    pub renew_before_days: u32,
+    /// PEM CA certificates trusted for the directory besides the built-in web roots
+    /// (a test CA such as pebble's).
+    pub directory_ca_file: Option<PathBuf>,
+    /// A failed attempt is retried after this long, doubling per failure...
+    pub retry_min_s: u64,
+    /// ...up to this long.
+    pub retry_max_s: u64,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            email: None,
+            directory: LETS_ENCRYPT_DIRECTORY.to_owned(),
+            domains: Vec::new(),
+            challenge: AcmeChallenge::default(),
+            storage: PathBuf::from("acme"),
+            renew_before_days: 30,
+            directory_ca_file: None,
+            retry_min_s: 60,
+            retry_max_s: 6 * 3600,
+        }
+    }
+}
+
+/// `[tls.acme] challenge`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// The CA fetches `http://NAME/.well-known/acme-challenge/TOKEN` from the plain
+    /// listener (which must be reachable on port 80).
+    #[serde(rename = "http-01")]
+    Http01,
+    /// The CA opens a TLS connection to NAME offering ALPN `acme-tls/1` and checks the
+    /// special certificate the TLS listener answers with (port 443).
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
 }
 
 /// `[server.http2]`: limits on HTTP/2 clients (over TLS, and h2c when `server.h2c`).

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! handle: Exchange::begin (accounting starts: in-flight gauge, clock)
+//!  0a. acme::answer_http01 plain listener: an ACME http-01 token under way → 200
 //!   0. redirect::to_https  plain listener with tls.redirect_http → 308 (not ACME)
 //!   1. check_limits        URI length (414), header count and bytes (431)
 //!   2. own_endpoints       /api/v1/health, /api/v1/upstreams, /metrics, /api/v1/services*
@@ -26,6 +27,7 @@
 //!
 //! Each phase is a small function in this folder; each refusal is a `GatewayError`.
 
+mod acme;
 mod cache;
 mod exchange;
 mod limits;
@@ -100,6 +102,9 @@ async fn process(
     ex: &mut Exchange,
     req: Request<GatewayBody>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    if let Some(answer) = acme::answer_http01(ex, &req) {
+        return Ok(answer);
+    }
     if let Some(redirect) = redirect::to_https(ex, &req) {
         return Ok(redirect);
     }

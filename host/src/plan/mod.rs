@@ -27,7 +27,7 @@ pub use discovery::{DiscoveryPlan, RedisSettings, Source};
 pub use policy::{LimitPlan, LimitScope, UserLimitPlan};
 pub use routes::{RoutePlan, compile_route};
 pub use settings::{ClusterSettings, is_plugin_name};
-pub use tls::TlsPlan;
+pub use tls::{AcmePlan, TlsPlan};
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
 /// A checked config and everything compiled from it.

@@ -147,7 +147,14 @@ async fn tls_connection(
     match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => http2::serve(stream, peer, gateway, draining).await,
         // The ACME tls-alpn-01 validation only needs the handshake.
-        Some(crate::tls::ACME_TLS_ALPN) => {}
+        Some(crate::tls::ACME_TLS_ALPN) => {
+            tracing::debug!(%addr, "ACME tls-alpn-01 validation answered");
+            gateway
+                .metrics
+                .acme_challenges_answered
+                .with_label_values(&["tls-alpn-01"])
+                .inc();
+        }
         _ => http1::serve(stream, peer, gateway, draining).await,
     }
 }

@@ -40,8 +40,12 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// DNS names from the subjectAltName extension, lower-cased (`*.example.com` kept).
     pub names: Vec<String>,
+    /// The start of its validity, seconds since the Unix epoch.
+    pub not_before: u64,
     /// The end of its validity, seconds since the Unix epoch.
     pub not_after: u64,
+    /// The leaf certificate, DER (tells one issuance from another).
+    pub leaf: CertificateDer<'static>,
 }
 
 impl LoadedCert {
@@ -111,10 +115,12 @@ pub fn from_pem(
             path: cert.to_owned(),
         });
     }
-    let not_after = not_after(leaf.as_ref()).ok_or_else(|| CertError::BadCertificate {
-        path: cert.to_owned(),
-        reason: "no readable validity period".to_owned(),
-    })?;
+    let (not_before, not_after) =
+        validity(leaf.as_ref()).ok_or_else(|| CertError::BadCertificate {
+            path: cert.to_owned(),
+            reason: "no readable validity period".to_owned(),
+        })?;
+    let leaf = leaf.clone();
     let now = now_secs();
     if not_after <= now {
         return Err(CertError::Expired {
@@ -143,7 +149,9 @@ pub fn from_pem(
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
+        not_before,
         not_after,
+        leaf,
     })
 }
 
@@ -158,12 +166,18 @@ fn human(d: Duration) -> String {
 }
 
 /// The end of a certificate's validity (seconds since the epoch), read from its DER.
+pub fn not_after(der: &[u8]) -> Option<u64> {
+    validity(der).map(|(_, after)| after)
+}
+
+/// A certificate's validity period (notBefore, notAfter; seconds since the epoch), read
+/// from its DER.
 ///
 /// Written by hand: rustls and webpki check validity but do not expose it, and an X.509
 /// parser crate would add more to the build than these few lines of DER walking do.
 /// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
 /// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... } }
-pub fn not_after(der: &[u8]) -> Option<u64> {
+pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     let (cert, _) = der_element(der, 0x30)?;
     let (tbs, _) = der_element(cert, 0x30)?;
     let mut rest = tbs;
@@ -174,9 +188,15 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
         rest = der_skip(rest)?; // serialNumber, signature, issuer
     }
     let (validity, _) = der_element(rest, 0x30)?;
-    let after = der_skip(validity)?;
-    let tag = *after.first()?;
-    let (time, _) = der_element(after, tag)?;
+    let before = der_time_element(validity)?;
+    let after = der_time_element(der_skip(validity)?)?;
+    Some((before, after))
+}
+
+/// The UTCTime or GeneralizedTime at the start of `der`, as epoch seconds.
+fn der_time_element(der: &[u8]) -> Option<u64> {
+    let tag = *der.first()?;
+    let (time, _) = der_element(der, tag)?;
     let text = std::str::from_utf8(time).ok()?;
     match tag {
         0x17 => der_time(text, true),

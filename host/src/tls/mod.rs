@@ -6,7 +6,9 @@
 //! - `store`   the certificates served, chosen by SNI; ACME challenge certificates
 //! - `watch`   certificate files watched and reloaded without dropping connections
 //! - `client`  the rustls client config of an upstream group
+//! - `acme`    certificates obtained and renewed automatically (`[tls.acme]`)
 
+pub mod acme;
 pub mod certs;
 pub mod client;
 pub mod store;

@@ -1,6 +1,6 @@
-//! Real servers the tests start on free loopback ports: redis-server, etcd and dnsmasq
-//! (Debian packages; scripts/test.sh installs them). Each is stopped by its PID when
-//! dropped, and every wait is bounded.
+//! Real servers the tests start on free loopback ports: redis-server, etcd, dnsmasq,
+//! pebble and pebble-challtestsrv (Debian packages; scripts/test.sh installs them).
+//! Each is stopped by its PID when dropped, and every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,7 +35,7 @@ fn program(name: &str) -> String {
         }
     }
     panic!(
-        "{name} is not installed (scripts/test.sh installs redis-server, etcd-server and dnsmasq)"
+        "{name} is not installed (scripts/test.sh installs redis-server, etcd-server, dnsmasq and pebble)"
     );
 }
 
@@ -47,9 +47,21 @@ impl Daemon {
         temp: Option<tempfile::TempDir>,
         args: &[String],
     ) -> Self {
+        Self::spawn_with_env(name, port, dir, temp, args, &[])
+    }
+
+    fn spawn_with_env(
+        name: &'static str,
+        port: u16,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
         let child = Command::new(program(name))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -156,6 +168,85 @@ impl Daemon {
         d
     }
 
+    /// pebble-challtestsrv as pebble's DNS server only: DNS on a free port (returned),
+    /// its management API on `port`, every A query answered with 127.0.0.1 (set through
+    /// that API), no AAAA answers, none of its own challenge servers.
+    pub fn challtestsrv() -> (Self, u16) {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_owned();
+        let (dns, management) = (free_port(), free_port());
+        let args = [
+            "-dns01".to_owned(),
+            format!("127.0.0.1:{dns}"),
+            "-management".to_owned(),
+            format!("127.0.0.1:{management}"),
+            "-http01".to_owned(),
+            String::new(),
+            "-https01".to_owned(),
+            String::new(),
+            "-tlsalpn01".to_owned(),
+            String::new(),
+            "-defaultIPv6".to_owned(),
+            String::new(),
+        ];
+        let mut d = Self::spawn("pebble-challtestsrv", management, dir, Some(temp), &args);
+        d.wait_until(|| TcpStream::connect(("127.0.0.1", management)).is_ok());
+        d.set_default_ipv4("127.0.0.1");
+        (d, dns)
+    }
+
+    /// challtestsrv: answer every A query with `ip` from now on.
+    pub fn set_default_ipv4(&self, ip: &str) {
+        let reply = http_post(
+            self.port,
+            "/set-default-ipv4",
+            &format!("{{\"ip\":\"{ip}\"}}"),
+        );
+        assert!(
+            reply
+                .as_deref()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+            "challtestsrv set-default-ipv4 failed: {reply:?}"
+        );
+    }
+
+    /// pebble (an ACME CA for tests) with `config` (JSON, in `dir` with its TLS
+    /// files), its DNS queries sent to `dns_port`, ready once `port` (the ACME
+    /// listener) and `management` accept connections. Validation without random
+    /// sleeps, no nonces rejected on purpose, no authorization reused (every order is
+    /// validated).
+    pub fn pebble(
+        port: u16,
+        management: u16,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        config: &str,
+        dns_port: u16,
+    ) -> Self {
+        let args = [
+            "-config".to_owned(),
+            config.to_owned(),
+            "-dnsserver".to_owned(),
+            format!("127.0.0.1:{dns_port}"),
+        ];
+        let env = [
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ];
+        let mut d = Self::spawn_with_env("pebble", port, dir, temp, &args, &env);
+        d.wait_until(|| {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", management)).is_ok()
+        });
+        d
+    }
+
+    /// What the process wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
+    }
+
     /// Freezes (`STOP`) or thaws (`CONT`) the process, by its PID: a server that stops
     /// answering without closing its connections.
     pub fn signal(&self, signal: &str) {
@@ -214,6 +305,20 @@ pub fn redis_command(port: u16, command: &str) -> Option<String> {
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// POSTs a JSON body over plain HTTP/1.1 and returns the raw answer.
+fn http_post(port: u16, path: &str, body: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn http_ok(port: u16, path: &str) -> bool {

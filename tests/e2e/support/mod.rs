@@ -66,11 +66,32 @@ impl TestGateway {
         plugins: &[(&str, &[u8])],
         files: &[(&str, &[u8])],
     ) -> Self {
+        Self::start_inner(config_text, plugins, files, None, None).await
+    }
+
+    /// Starts a gateway like `start_with_files` on listeners the test bound itself
+    /// (to know the ports before the gateway starts); `None` = 127.0.0.1:0.
+    pub async fn start_on(
+        config_text: &str,
+        files: &[(&str, &[u8])],
+        listener: Option<TcpListener>,
+        tls_listener: Option<TcpListener>,
+    ) -> Self {
+        Self::start_inner(config_text, &[], files, listener, tls_listener).await
+    }
+
+    async fn start_inner(
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+        files: &[(&str, &[u8])],
+        listener: Option<TcpListener>,
+        tls_listener: Option<TcpListener>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).expect("write file");
         }
-        Self::start_in(dir, config_text, plugins).await
+        Self::start_in_on(dir, config_text, plugins, listener, tls_listener).await
     }
 
     /// Starts a gateway whose config is written into `dir`, prepared by the caller
@@ -79,6 +100,16 @@ impl TestGateway {
         dir: tempfile::TempDir,
         config_text: &str,
         plugins: &[(&str, &[u8])],
+    ) -> Self {
+        Self::start_in_on(dir, config_text, plugins, None, None).await
+    }
+
+    async fn start_in_on(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+        listener: Option<TcpListener>,
+        tls_listener: Option<TcpListener>,
     ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
@@ -89,10 +120,14 @@ impl TestGateway {
         for (name, bytes) in plugins {
             std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes).expect("write plugin");
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let tls_listener = match plan.tls {
-            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
-            None => None,
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let tls_listener = match (plan.tls.as_ref(), tls_listener) {
+            (Some(_), Some(listener)) => Some(listener),
+            (Some(_), None) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
+            (None, _) => None,
         };
         let running = launch::start(Launch {
             plan,
