@@ -25,7 +25,9 @@ use crate::config::{self, Config, ConfigError, Problem};
 pub use discovery::{DiscoveryPlan, RedisSettings, Source};
 pub use policy::{LimitPlan, LimitScope, UserLimitPlan};
 pub use routes::{RoutePlan, compile_route};
-pub use settings::{ClusterSettings, is_plugin_name};
+pub use settings::{
+    ClusterSettings, JAVASCRIPT_DEFAULTS, PYTHON_DEFAULTS, PluginLimitsPlan, is_plugin_name,
+};
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
 /// A checked config and everything compiled from it.
@@ -45,6 +47,8 @@ pub struct Plan {
     pub redis: Option<RedisSettings>,
     /// `[[discovery]]` providers, in config order.
     pub discovery: Vec<DiscoveryPlan>,
+    /// The limits plugin calls run under, per plugin and language.
+    pub plugin_limits: PluginLimitsPlan,
 }
 
 /// Command-line settings that override the file, applied to every version of it (at
@@ -87,6 +91,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
     let mut out = Vec::new();
     let listen = settings::check_server(&config, &mut out);
     settings::check_plugins(&config, &mut out);
+    let plugin_limits = settings::compile_plugin_limits(&config.plugins, &mut out);
     let cluster = config
         .cluster
         .as_ref()
@@ -148,6 +153,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             cluster,
             redis,
             discovery,
+            plugin_limits,
         }),
         _ => Err(out),
     }
