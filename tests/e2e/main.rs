@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_limits;
 mod discovery;
 mod framing;
+mod plugin_langs;
 mod plugin_safety;
 mod plugins;
 mod policies;

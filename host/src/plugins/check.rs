@@ -253,13 +253,10 @@ pub async fn check(bytes: &[u8], options: &CheckOptions) -> Result<Report, Check
     let pool = host
         .resolve(&entry)
         .map_err(|e| CheckError::Runtime(e.to_string()))?;
-    let info = pool
-        .info()
-        .await
-        .map_err(|error| CheckError::Init {
-            config: config_json.clone(),
-            error,
-        })?;
+    let info = pool.info().await.map_err(|error| CheckError::Init {
+        config: config_json.clone(),
+        error,
+    })?;
 
     let sample = &options.sample;
     let mut request = sample.request(info.request_body)?;
@@ -442,10 +439,10 @@ fn ms(d: Duration) -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let contract = self
-            .contract
-            .as_deref()
-            .map_or_else(|| format!("{CONTRACT}.x"), |v| format!("fluxgate:plugin@{v}"));
+        let contract = self.contract.as_deref().map_or_else(
+            || format!("{CONTRACT}.x"),
+            |v| format!("fluxgate:plugin@{v}"),
+        );
         writeln!(f, "contract     {contract}")?;
         writeln!(
             f,
@@ -477,9 +474,10 @@ impl std::fmt::Display for Report {
             writeln!(f, "on-response  {} in {}", run.outcome, ms(run.took))?;
         }
         if let Some(i) = &self.instances {
-            let rss = i
-                .rss_each
-                .map_or_else(|| "unknown".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+            let rss = i.rss_each.map_or_else(
+                || "unknown".to_owned(),
+                |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+            );
             writeln!(
                 f,
                 "instances    {} fresh: {} each to instantiate and init; resident memory +{rss} each; linear memory {:.1} MiB each",

@@ -33,7 +33,7 @@ pub mod runtime;
 pub mod watch;
 
 pub use call::{CallError, Limits, LimitsByLanguage};
-pub use language::Language;
 pub use chain::{Chain, ChainCache, Entries, OnRequest, PluginFailure};
+pub use language::Language;
 pub use message::{RequestState, ResponseState};
 pub use registry::{ChainEntry, HostSettings, PluginHost};

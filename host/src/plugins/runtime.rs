@@ -85,8 +85,8 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| CompileError::WrongWorld(one_line(&format!("{e:#}"))))?;
-        let pre =
-            PluginPre::new(pre).map_err(|e| CompileError::WrongWorld(one_line(&format!("{e:#}"))))?;
+        let pre = PluginPre::new(pre)
+            .map_err(|e| CompileError::WrongWorld(one_line(&format!("{e:#}"))))?;
         Ok((pre, contract))
     }
 }

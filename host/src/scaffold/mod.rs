@@ -15,6 +15,10 @@ const WIT: &str = include_str!("../../../wit/plugin.wit");
 
 /// componentize-js version the JavaScript template pins (as plugins/js does).
 pub const COMPONENTIZE_JS: &str = "0.23.0";
+/// The WASI shim componentize-js 0.23 loads at build time without declaring it (its
+/// development version, 0.17): pinned beside it, or npm picks jco's 0.26, which cannot
+/// read the WIT folder.
+pub const PREVIEW2_SHIM: &str = "0.17.5";
 /// componentize-py version the Python template pins (as plugins/py does).
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 
@@ -148,13 +152,12 @@ fn sdk_dependency(source: Option<&SdkSource>) -> Result<(String, String), Scaffo
                 .map(|r| format!(", rev = {}", toml_string(r)))
                 .unwrap_or_default();
             Ok((
-                format!(
-                    "fluxgate-sdk = {{ git = {}{rev_part} }}",
-                    toml_string(url)
-                ),
+                format!("fluxgate-sdk = {{ git = {}{rev_part} }}", toml_string(url)),
                 format!(
                     "the git repository {url}{} (a git dependency)",
-                    rev.as_deref().map(|r| format!(" at {r}")).unwrap_or_default()
+                    rev.as_deref()
+                        .map(|r| format!(" at {r}"))
+                        .unwrap_or_default()
                 ),
             ))
         }
@@ -166,7 +169,9 @@ fn sdk_dependency(source: Option<&SdkSource>) -> Result<(String, String), Scaffo
 }
 
 /// The files of a project, relative to its folder.
-fn files(request: &NewPlugin) -> Result<(Vec<(&'static str, String)>, Option<String>), ScaffoldError> {
+fn files(
+    request: &NewPlugin,
+) -> Result<(Vec<(&'static str, String)>, Option<String>), ScaffoldError> {
     let name = request.name.as_str();
     let crate_name = name.replace('-', "_");
     let fill = |template: &str, extra: &[(&str, &str)]| {
@@ -174,6 +179,7 @@ fn files(request: &NewPlugin) -> Result<(Vec<(&'static str, String)>, Option<Str
             .replace("{{name}}", name)
             .replace("{{crate}}", &crate_name)
             .replace("{{componentize_js}}", COMPONENTIZE_JS)
+            .replace("{{preview2_shim}}", PREVIEW2_SHIM)
             .replace("{{componentize_py}}", COMPONENTIZE_PY);
         for (key, value) in extra {
             out = out.replace(&format!("{{{{{key}}}}}"), value);
@@ -327,7 +333,9 @@ pub fn write(request: &NewPlugin) -> Result<Written, ScaffoldError> {
         Lang::Rust => {
             let crate_name = name.replace('-', "_");
             (
-                format!("cargo build --manifest-path {shown}/Cargo.toml --release --target wasm32-wasip2"),
+                format!(
+                    "cargo build --manifest-path {shown}/Cargo.toml --release --target wasm32-wasip2"
+                ),
                 format!("cargo test --manifest-path {shown}/Cargo.toml"),
                 format!("{shown}/target/wasm32-wasip2/release/{crate_name}.wasm"),
             )
@@ -451,7 +459,11 @@ mod tests {
             package["devDependencies"]["@bytecodealliance/componentize-js"],
             COMPONENTIZE_JS
         );
-        for file in ["fluxgate.js", "fluxgate-testing/register.js", "plugin.test.js"] {
+        for file in [
+            "fluxgate.js",
+            "fluxgate-testing/register.js",
+            "plugin.test.js",
+        ] {
             assert!(dir.join(file).is_file(), "{file}");
         }
 
@@ -485,7 +497,10 @@ mod tests {
         std::fs::write(dir.join("keep.txt"), "mine").unwrap();
         let err = write(&new(tmp.path(), "taken", Lang::Js, None)).unwrap_err();
         assert!(matches!(err, ScaffoldError::Exists(_)), "{err}");
-        assert_eq!(std::fs::read_to_string(dir.join("keep.txt")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("keep.txt")).unwrap(),
+            "mine"
+        );
         // An empty folder is fine.
         std::fs::create_dir(tmp.path().join("empty")).unwrap();
         write(&new(tmp.path(), "empty", Lang::Python, None)).unwrap();
