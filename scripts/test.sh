@@ -19,6 +19,11 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
+# Node.js/npm (componentize-js) and Python's venv (componentize-py) build the
+# JavaScript and Python plugins; their packages go inside the checkout (see below).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if (( ${#need[@]} > 0 )); then
     sudo=()
     (( EUID == 0 )) || sudo=(sudo)
@@ -30,30 +35,23 @@ if (( ${#need[@]} > 0 )); then
 fi
 
 cargo fmt --all -- --check
-(cd plugins && # The servers the end-to-end tests start on loopback ports (Debian packages): Redis
-# for cluster-wide rate limits, etcd and dnsmasq for discovery. Installed only when
-# missing; their package scripts are told not to start system-wide services.
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
-if (( ${#need[@]} > 0 )); then
-    sudo=()
-    (( EUID == 0 )) || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
-    if ! "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null; then
-        "${sudo[@]}" apt-get update -qq >/dev/null
-        "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
-fi
-
-cargo fmt --all -- --check)
+(cd plugins && cargo fmt --all -- --check)
 
 # Plugins: built once for wasm32-wasip2 (the e2e tests load these files), then their
 # native unit tests against the SDK's host-free harness.
 (cd plugins && cargo build --release --locked --target wasm32-wasip2)
 (cd plugins && cargo clippy --all-targets --locked -- -D warnings)
 (cd plugins && cargo test --locked)
+
+# JavaScript and Python plugins: the pinned toolchains are installed inside the checkout
+# (plugins/js/node_modules by `npm ci` from the committed lock file, plugins/py/.venv
+# by pip from requirements.txt), each example built once into plugins/target/lang/
+# (the e2e tests load those files), then the helpers' and the examples' own tests.
+plugins/build-lang.sh
+(cd plugins/js && node --import ./testing/register.js --test test/)
+(cd plugins/js-canary && node --import ../js/testing/register.js --test test/)
+(cd plugins/py && python3 -m unittest discover -s tests -t . -v)
+(cd plugins/py-allowlist && PYTHONPATH=../py python3 -m unittest -v)
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -19,7 +19,7 @@ gateway calls it. This module imports the generated bindings (``wit_world``) onl
 
 import json
 
-__all__ = ["Plugin", "Request", "Response", "Action", "export", "log", "kv", "now_ms"]
+__all__ = ["Plugin", "Request", "Response", "Action", "KvError", "export", "log", "kv", "now_ms", "testing"]
 
 CONTRACT = "fluxgate:plugin@0.2.0"
 

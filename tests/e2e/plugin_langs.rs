@@ -14,8 +14,7 @@ use crate::support::wasm::{lang_plugin, plugin, plugins_target_dir};
 use crate::support::{PATIENCE, TestGateway, client, get};
 
 fn run(command: &mut Command) -> Output {
-    let output = command.output().expect("run command");
-    output
+    command.output().expect("run command")
 }
 
 fn text(output: &Output) -> String {

@@ -168,10 +168,11 @@ fn sdk_dependency(source: Option<&SdkSource>) -> Result<(String, String), Scaffo
     }
 }
 
-/// The files of a project, relative to its folder.
-fn files(
-    request: &NewPlugin,
-) -> Result<(Vec<(&'static str, String)>, Option<String>), ScaffoldError> {
+/// A project's files (path relative to its folder, contents).
+type Files = Vec<(&'static str, String)>;
+
+/// The files of a project, and (Rust) where its fluxgate-sdk comes from.
+fn files(request: &NewPlugin) -> Result<(Files, Option<String>), ScaffoldError> {
     let name = request.name.as_str();
     let crate_name = name.replace('-', "_");
     let fill = |template: &str, extra: &[(&str, &str)]| {
