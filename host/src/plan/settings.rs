@@ -193,7 +193,7 @@ pub const JAVASCRIPT_DEFAULTS: PluginLimitOverrides = PluginLimitOverrides {
     max_idle_instances: Some(4),
     max_concurrent_calls: None,
     max_instances: Some(16),
-    max_idle_mb: Some(512),
+    max_idle_mb: Some(256),
 };
 
 /// Built-in limits for Python plugins (componentize-py: CPython and its heap in every
@@ -204,7 +204,7 @@ pub const PYTHON_DEFAULTS: PluginLimitOverrides = PluginLimitOverrides {
     max_idle_instances: Some(4),
     max_concurrent_calls: None,
     max_instances: Some(16),
-    max_idle_mb: Some(512),
+    max_idle_mb: Some(256),
 };
 
 /// `[plugins]`'s own limits (native plugins, and the base of the others).
