@@ -34,6 +34,23 @@ for p in header-rewrite:"$RUST_CONFIG" js-canary:"$JS_CONFIG" py-allowlist:"$PY_
         | tee "$OUT/$name.check.txt" | sed "s/^/  $name: /" | grep -E "component|compiled|init |instances|on-"
 done
 
+echo "== gateway resident memory with one plugin file loaded (no route uses it: no instance)"
+for only in none header-rewrite js-canary py-allowlist; do
+    rm -rf "$OUT/one" && mkdir -p "$OUT/one/plugins.d"
+    [[ $only == none ]] || cp "$OUT/plugins.d/$only.wasm" "$OUT/one/plugins.d/"
+    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[plugins]\ndir = "plugins.d"\n' "$FLUXGATE_PORT" >"$OUT/one/gateway.toml"
+    "$BIN" --config "$OUT/one/gateway.toml" --log-level warn >"$OUT/one/gateway.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do
+        health=$(curl -fsS "http://127.0.0.1:$FLUXGATE_PORT/api/v1/health" 2>/dev/null || true)
+        [[ -n $health && ($only == none || $health == *"\"$only\""*) ]] && break
+        sleep 0.1
+    done
+    sleep 1
+    echo "  $only: $(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status") MiB"
+    kill "$pid" && wait "$pid" 2>/dev/null || true
+done
+
 render "$BENCH/nginx-upstream.conf.tmpl" "$OUT/nginx/nginx.conf" PREFIX="$OUT/nginx" PORT="$UPSTREAM_PORT"
 nginx -p "$OUT/nginx" -e "$OUT/nginx/error.log" -c "$OUT/nginx/nginx.conf" &
 NGINX_PID=$!

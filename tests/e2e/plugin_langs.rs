@@ -291,6 +291,19 @@ async fn the_five_command_road_for_a_new_rust_plugin() {
             ]),
     );
     assert!(build.status.success(), "{}", text(&build));
+    // (Not one of the five: the template's own test passes as written.)
+    let tested = run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(cwd)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["test", "--manifest-path", "hello/Cargo.toml"]),
+    );
+    assert!(tested.status.success(), "{}", text(&tested));
+    assert!(
+        String::from_utf8_lossy(&tested.stdout).contains("every_answer_gets_the_greeting ... ok"),
+        "{}",
+        text(&tested)
+    );
     let artifact = target.join("wasm32-wasip2/release/hello.wasm");
     // 3. check
     let checked = run(Command::new(BIN)

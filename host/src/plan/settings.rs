@@ -185,8 +185,9 @@ impl PluginLimitsPlan {
 /// Built-in limits for JavaScript plugins (componentize-js: SpiderMonkey and its
 /// heap in every instance), under `[plugins.languages.javascript]`. Measured in
 /// docs/PLUGINS.md ("Plugins in JavaScript and Python"): an instance of the example
-/// starts at about 12 MiB of linear memory and grows with use, so 32 MiB is too tight
-/// for real work; instances cost ~100x a Rust one's memory, so fewer are kept warm.
+/// starts at 9 MiB of linear memory (Python: 13) and its heap grows with use, so
+/// 32 MiB is too tight for real work; an instance costs 25-60x a Rust one's resident
+/// memory, so fewer are kept warm (4: the calls a plugin may run at once).
 pub const JAVASCRIPT_DEFAULTS: PluginLimitOverrides = PluginLimitOverrides {
     timeout_ms: None,
     memory_limit_mb: Some(128),

@@ -446,7 +446,7 @@ impl std::fmt::Display for Report {
         writeln!(f, "contract     {contract}")?;
         writeln!(
             f,
-            "component    {} bytes, {} (built with {})",
+            "component    {} bytes, {} ({})",
             self.bytes,
             self.language,
             self.language.toolchain()

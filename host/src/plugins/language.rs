@@ -73,7 +73,7 @@ impl Language {
     /// The tool that builds components of this language, for messages.
     pub fn toolchain(self) -> &'static str {
         match self {
-            Language::Native => "a wasm32-wasip2 compiler (cargo with fluxgate-sdk)",
+            Language::Native => "compiled to wasm directly, e.g. Rust with fluxgate-sdk",
             Language::JavaScript => "componentize-js",
             Language::Python => "componentize-py",
         }
