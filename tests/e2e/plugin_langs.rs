@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use fluxgate_host::plan::{JAVASCRIPT_DEFAULTS, PYTHON_DEFAULTS};
+
 use crate::cli::BIN;
 use crate::support::upstream::Upstream;
 use crate::support::wasm::{lang_plugin, plugin, plugins_target_dir};
@@ -24,6 +26,25 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// The pool serving the first route's `plugin` runs under its language's memory limit
+/// (the built-in default), not `[plugins]`'s 32 MiB.
+fn assert_pool_limits(gw: &TestGateway, plugin: &str, memory_limit_mb: Option<u64>) {
+    let snapshot = gw.gateway.snapshot();
+    let entry = snapshot.routes[0]
+        .plugins
+        .iter()
+        .find(|e| &*e.name == plugin)
+        .expect("chain entry");
+    let pool = gw.gateway.plugins.resolve(entry).expect("resolved");
+    let expected = memory_limit_mb.expect("a language default") << 20;
+    assert_eq!(pool.limits().memory_bytes as u64, expected);
+    assert_eq!(
+        entry.limits.native.memory_bytes,
+        32 << 20,
+        "Rust keeps 32 MiB"
+    );
 }
 
 #[tokio::test]
@@ -77,6 +98,7 @@ async fn js_canary_sends_marked_and_assigned_users_to_the_canary_upstream() {
     // Loaded as JavaScript, under the JavaScript limits.
     let loaded = gw.gateway.plugins.get("js-canary").expect("loaded");
     assert_eq!(loaded.language.as_str(), "javascript");
+    assert_pool_limits(&gw, "js-canary", JAVASCRIPT_DEFAULTS.memory_limit_mb);
 }
 
 #[tokio::test]
@@ -108,6 +130,7 @@ async fn py_allowlist_lets_listed_clients_in_and_answers_others_403_json() {
     );
     let loaded = gw.gateway.plugins.get("py-allowlist").expect("loaded");
     assert_eq!(loaded.language.as_str(), "python");
+    assert_pool_limits(&gw, "py-allowlist", PYTHON_DEFAULTS.memory_limit_mb);
 }
 
 /// `fluxgate-host plugin check FILE [args]` on bytes written to a temporary file.

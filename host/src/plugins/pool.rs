@@ -117,6 +117,11 @@ impl InstancePool {
         }
     }
 
+    /// The limits this pool's calls run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// The hooks and bodies the plugin asked for (runs `init` on a fresh instance the
     /// first time).
     pub async fn info(&self) -> Result<PluginInfo, CallError> {
