@@ -382,3 +382,60 @@ fn the_js_and_python_templates_tests_pass() {
         text(&py)
     );
 }
+
+/// The JavaScript and Python templates build into components that pass `plugin check`
+/// with the commands their READMEs give. To spare each run a 385 MB npm install, the
+/// JavaScript build runs its package.json `build` script's componentize-js step with
+/// the checkout's pinned toolchain (the `npm install` before it is npm's own); the
+/// Python one runs `python3 NAME/build.py` as written, its `.venv` linked to the
+/// checkout's (build.py installs componentize-py only when the venv lacks it).
+#[test]
+fn the_js_and_python_templates_build_components_that_pass_check() {
+    lang_plugin("js-canary"); // the toolchains are installed
+    lang_plugin("py-allowlist");
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    for (name, lang) in [("tpl-js", "js"), ("tpl-py", "python")] {
+        let new = run(Command::new(BIN)
+            .current_dir(cwd)
+            .args(["plugin", "new", name, "--lang", lang]));
+        assert!(new.status.success(), "{}", text(&new));
+    }
+
+    let package: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.join("tpl-js/package.json")).unwrap())
+            .unwrap();
+    let script = package["scripts"]["build"].as_str().unwrap();
+    let step = script.rsplit("&& ").next().unwrap();
+    let mut args = step.split_whitespace();
+    assert_eq!(args.next(), Some("componentize-js"), "{script}");
+    let js = run(Command::new(plugins.join("js/node_modules/.bin/componentize-js"))
+        .current_dir(cwd.join("tpl-js"))
+        .args(args));
+    assert!(js.status.success(), "{}", text(&js));
+
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize(plugins.join("py/.venv")).unwrap(),
+        cwd.join("tpl-py/.venv"),
+    )
+    .unwrap();
+    let py = run(Command::new("python3")
+        .current_dir(cwd)
+        .args(["tpl-py/build.py"]));
+    assert!(py.status.success(), "{}", text(&py));
+
+    for (file, language) in [
+        ("tpl-js/tpl-js.wasm", "javascript"),
+        ("tpl-py/tpl-py.wasm", "python"),
+    ] {
+        let checked = run(Command::new(BIN)
+            .current_dir(cwd)
+            .args(["plugin", "check", file, "--config", r#"{"greeting":"hi"}"#]));
+        let all = text(&checked);
+        assert!(checked.status.success(), "{all}");
+        let stdout = String::from_utf8_lossy(&checked.stdout);
+        assert!(stdout.contains(&format!("bytes, {language}")), "{all}");
+        assert!(stdout.contains("on-response  ok; set x-greeting: hi"), "{all}");
+    }
+}
