@@ -29,7 +29,16 @@
 #                          (a plugin that never returns) and a header-rewrite route, first
 #                          alone, then while BENCH_FLOOD_CONNS (default 200) connections
 #                          flood the spin route, and the rewrite route under the flood)
+#                          TLS: nginx-https / fg-https = TLS 1.3 with keep-alive (wrk, HTTP/1.1),
+#                          nginx-h2 / fg-h2 = HTTP/2 over TLS (h2load, BENCH_H2_CONNS
+#                          connections x BENCH_H2_STREAMS streams); both proxies get the same
+#                          ECDSA P-256 certificate (made with openssl in bench/out/tls/) and
+#                          one worker on core 0, e.g.
+#                          BENCH_SETUPS="nginx-https fg-https nginx-h2 fg-h2")
 #   BENCH_REDIS_PORT       redis-server port for fg-cluster-limits   (default 18084)
+#   BENCH_TLS_PORT         TLS port of the proxy under test          (default 18085)
+#   BENCH_H2_CONNS         h2load connections                        (default 10)
+#   BENCH_H2_STREAMS       h2load concurrent streams per connection  (default 10)
 #   BENCH_FLUXGATE_BIN     the fluxgate binary to run (default: the release build; a
 #                          debug binary is fine for a smoke run of the script itself)
 #   BENCH_SKIP_BUILD=1     use the existing release binary instead of running cargo build
@@ -53,6 +62,9 @@ WARMUP="${BENCH_WARMUP:-2}"
 REQ_PATH="${BENCH_PATH:-/}"
 SETUPS="${BENCH_SETUPS:-direct nginx fluxgate fg-rewrite fg-auth-rewrite}"
 FLOOD_CONNS="${BENCH_FLOOD_CONNS:-200}"
+TLS_PORT="${BENCH_TLS_PORT:-18085}"
+H2_CONNS="${BENCH_H2_CONNS:-10}"
+H2_STREAMS="${BENCH_H2_STREAMS:-10}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
 PERF_CALLGRAPH="${BENCH_PERF_CALLGRAPH:-dwarf}"
@@ -62,7 +74,7 @@ FLUXGATE_BIN="${BENCH_FLUXGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fl
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 
-for v in CONNS DURATION WARMUP UPSTREAM_PORT NGINX_PORT FLUXGATE_PORT; do
+for v in CONNS DURATION WARMUP UPSTREAM_PORT NGINX_PORT FLUXGATE_PORT TLS_PORT H2_CONNS H2_STREAMS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 (( CONNS >= 1 && DURATION >= 1 )) || die "BENCH_CONNS and BENCH_DURATION must be >= 1"
@@ -128,6 +140,12 @@ ensure_tools() {
     if [[ " $SETUPS " == *" fg-cluster-limits "* ]]; then
         command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     fi
+    if [[ " $SETUPS " == *"-https "* || " $SETUPS " == *"-h2 "* ]]; then
+        command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    fi
+    if [[ " $SETUPS " == *"-h2 "* ]]; then
+        command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+    fi
     if (( ${#missing[@]} > 0 )); then
         apt_install "${missing[@]}"
     fi
@@ -155,15 +173,16 @@ start() {
     log "started $name (pid $STARTED_PID): $*"
 }
 
-# wait_ready NAME PID PORT: polls until the server answers 200 "ok" (at most ~10 s).
+# wait_ready NAME PID PORT [SCHEME]: polls until the server answers 200 "ok" (at most
+# ~10 s); https is not verified (the benchmark's certificate is self-signed).
 wait_ready() {
-    local name="$1" pid="$2" port="$3" i body
+    local name="$1" pid="$2" port="$3" scheme="${4:-http}" i body
     for ((i = 0; i < 100; i++)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 20 "$OUT/$name.log" >&2 || true
             die "$name exited during startup (log: $OUT/$name.log)"
         fi
-        if body="$(curl -fsS --max-time 1 -H "$API_KEY_HEADER" "http://127.0.0.1:$port$REQ_PATH" 2>/dev/null)"; then
+        if body="$(curl -kfsS --max-time 1 -H "$API_KEY_HEADER" "$scheme://127.0.0.1:$port$REQ_PATH" 2>/dev/null)"; then
             [[ "$body" == "ok" ]] || die "$name answered with an unexpected body: '$body'"
             log "$name ready on 127.0.0.1:$port"
             return 0
@@ -226,9 +245,9 @@ PY
 }
 
 ROWS=()
-# run_wrk SETUP PORT [PID-to-profile]
+# run_wrk SETUP PORT [PID-to-profile [SCHEME]]
 run_wrk() {
-    local setup="$1" port="$2" prof_pid="${3:-}" url="http://127.0.0.1:$2$REQ_PATH" out perf_pid=""
+    local setup="$1" port="$2" prof_pid="${3:-}" url="${4:-http}://127.0.0.1:$2$REQ_PATH" out perf_pid=""
     out="$OUT/$setup.wrk.txt"
     log "$setup: warm-up ${WARMUP}s"
     if (( WARMUP > 0 )); then
@@ -264,6 +283,69 @@ run_wrk() {
     ROWS+=("$setup|$rps|$(to_ms "$p50")|$(to_ms "$p99")|${non2xx:-0}|${sockerr:-none}")
 }
 
+# run_h2load SETUP PORT: HTTP/2 over TLS; req/s from h2load, p50/p99 from its per-request log.
+run_h2load() {
+    local setup="$1" port="$2" url="https://127.0.0.1:$2$REQ_PATH" out="$OUT/$1.h2load.txt"
+    log "$setup: h2load -c$H2_CONNS -m$H2_STREAMS warm-up ${WARMUP}s, measuring ${DURATION}s $url"
+    taskset -c 1 h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" --warm-up-time="${WARMUP}s" -D"$DURATION" \
+        -H "$API_KEY_HEADER" --log-file="$OUT/$setup.h2load.log" "$url" >"$out" 2>&1 ||
+        { cat "$out" >&2; die "$setup: h2load failed"; }
+    local rps non2xx p50 p99
+    rps="$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$out")"
+    non2xx="$(awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}' "$out")"
+    read -r p50 p99 < <(python3 - "$OUT/$setup.h2load.log" <<'PY'
+import sys
+times = sorted(int(line.split("\t")[2]) for line in open(sys.argv[1]) if line.count("\t") >= 2)
+pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] / 1000 if times else float("nan")
+print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
+PY
+)
+    [[ -n "$rps" ]] || { cat "$out" >&2; die "$setup: cannot parse h2load output"; }
+    ROWS+=("$setup|$rps|$p50|$p99|${non2xx:-0}|h2load")
+}
+
+# tls_cert: the benchmark's ECDSA P-256 certificate (self-signed, made once).
+tls_cert() {
+    TLS_DIR="$OUT/tls"
+    if [[ ! -s "$TLS_DIR/cert.pem" ]]; then
+        mkdir -p "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" \
+            -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >"$OUT/openssl.log" 2>&1 ||
+            { cat "$OUT/openssl.log" >&2; die "openssl could not make the certificate"; }
+    fi
+}
+
+# run_tls SETUP: nginx-https, fg-https (wrk, HTTP/1.1 keep-alive), nginx-h2, fg-h2 (h2load).
+run_tls() {
+    local setup="$1" http2=false pid
+    [[ "$setup" == *-h2 ]] && http2=true
+    tls_cert
+    case "$setup" in
+        nginx-*)
+            prefix="$(nginx_prefix "$setup")"
+            local h2_word=""
+            [[ "$http2" == true ]] && h2_word="http2"
+            render "$BENCH/nginx-tls.conf.tmpl" "$prefix/nginx.conf" PREFIX="$prefix" PORT="$TLS_PORT" \
+                UPSTREAM_PORT="$UPSTREAM_PORT" CERT="$TLS_DIR/cert.pem" KEY="$TLS_DIR/key.pem" HTTP2="$h2_word"
+            start "$setup" taskset -c 0 "$NGINX" -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf"
+            ;;
+        fg-*)
+            render "$BENCH/fluxgate-tls.toml.tmpl" "$OUT/$setup.toml" PORT="$FLUXGATE_PORT" TLS_PORT="$TLS_PORT" \
+                UPSTREAM_PORT="$UPSTREAM_PORT" CERT="$TLS_DIR/cert.pem" KEY="$TLS_DIR/key.pem" HTTP2="$http2"
+            start "$setup" taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/$setup.toml"
+            ;;
+    esac
+    pid="$STARTED_PID"
+    wait_ready "$setup" "$pid" "$TLS_PORT" https
+    if [[ "$http2" == true ]]; then
+        run_h2load "$setup" "$TLS_PORT"
+    else
+        run_wrk "$setup" "$TLS_PORT" "$pid" https
+    fi
+    stop_pid "$pid"
+}
+
 # ---------------------------------------------------------------- main ----------------
 ensure_tools
 mkdir -p "$OUT"
@@ -291,7 +373,7 @@ if [[ " $SETUPS " == *" f"* ]]; then
     [[ -x "$FLUXGATE_BIN" ]] || die "$FLUXGATE_BIN not found"
 fi
 
-for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$FLUXGATE_PORT" "$REDIS_PORT"; do
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$FLUXGATE_PORT" "$REDIS_PORT" "$TLS_PORT"; do
     port_in_use "$p" && die "port $p is already in use on 127.0.0.1 (set BENCH_*_PORT)"
 done
 
@@ -405,8 +487,11 @@ for setup in $SETUPS; do
                 >>"$OUT/plugin-calls.txt" || true
             stop_pid "$pid"
             ;;
+        nginx-https | fg-https | nginx-h2 | fg-h2)
+            run_tls "$setup"
+            ;;
         *)
-            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-limits, fg-cluster-limits, fg-rewrite, fg-auth-rewrite, fg-flood)"
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-limits, fg-cluster-limits, fg-rewrite, fg-auth-rewrite, fg-flood, nginx-https, fg-https, nginx-h2, fg-h2)"
             ;;
     esac
 done

@@ -30,6 +30,10 @@ pub enum GatewayError {
     UpstreamTimeout { upstream: String },
     #[error("upstream \"{upstream}\" failed")]
     UpstreamFailed { upstream: String },
+    /// The TLS handshake with a target failed (untrusted or mismatched certificate, no
+    /// common protocol...): the reason is logged, never shown to the client.
+    #[error("TLS with upstream \"{upstream}\" failed")]
+    UpstreamTls { upstream: String },
     #[error("upstream response is larger than {limit} bytes, the most plugins may buffer")]
     ResponseTooLarge { limit: usize },
     #[error("plugin \"{plugin}\" failed ({kind})")]
@@ -67,9 +71,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamConnect { .. }
+            | GatewayError::UpstreamFailed { .. }
+            | GatewayError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::PluginNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,6 +102,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect { .. } => "upstream_connect",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
+            GatewayError::UpstreamTls { .. } => "upstream_tls",
             GatewayError::ResponseTooLarge { .. } => "response_too_large",
             GatewayError::Plugin { .. } | GatewayError::PluginNotLoaded { .. } => "plugin_failed",
             GatewayError::RequestTimeout => "request_timeout",
@@ -155,6 +160,103 @@ impl GatewayError {
     }
 }
 
+/// gRPC status codes (grpc/doc/statuscodes.md) the gateway answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcCode {
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The code for an HTTP status the gateway (or a plugin) answers a gRPC call with.
+    pub fn for_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 | 411 | 414 | 422 => GrpcCode::InvalidArgument,
+            401 => GrpcCode::Unauthenticated,
+            403 => GrpcCode::PermissionDenied,
+            404 | 405 | 501 => GrpcCode::Unimplemented,
+            408 | 504 => GrpcCode::DeadlineExceeded,
+            409 | 412 => GrpcCode::FailedPrecondition,
+            413 | 429 | 431 => GrpcCode::ResourceExhausted,
+            500 => GrpcCode::Internal,
+            502 | 503 => GrpcCode::Unavailable,
+            _ => GrpcCode::Unknown,
+        }
+    }
+}
+
+impl GatewayError {
+    /// The gRPC code of this refusal (a finer choice than by status where one exists).
+    pub fn grpc_code(&self) -> GrpcCode {
+        match self {
+            GatewayError::UnknownInstance(_) => GrpcCode::NotFound,
+            GatewayError::ResponseTooLarge { .. } => GrpcCode::ResourceExhausted,
+            GatewayError::PluginNotLoaded { .. } => GrpcCode::Unavailable,
+            other => GrpcCode::for_status(other.status()),
+        }
+    }
+
+    /// The refusal of a gRPC call, as gRPC clients read it: HTTP 200, trailers-only,
+    /// `grpc-status` and `grpc-message` (plus `retry-after` when rate limited).
+    pub fn into_grpc_response(self) -> Response<GatewayBody> {
+        let mut response = grpc_answer(self.grpc_code(), &self.to_string());
+        if let GatewayError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc[+proto|;...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A trailers-only gRPC answer: HTTP 200, no body, the status in the headers.
+pub fn grpc_answer(code: GrpcCode, message: &str) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, other bytes as `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(body.to_string()));
@@ -199,5 +301,71 @@ mod tests {
             .status(),
             502
         );
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_get_grpc_statuses() {
+        let limited = GatewayError::RateLimited {
+            scope: "route",
+            retry_after_secs: 3,
+        }
+        .into_grpc_response();
+        assert_eq!(limited.status(), StatusCode::OK);
+        assert_eq!(limited.headers()["grpc-status"], "8");
+        assert_eq!(limited.headers()["content-type"], "application/grpc");
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "3");
+        let message = limited.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(message, "rate limit exceeded (route limit); retry in 3 s");
+        assert!(
+            limited
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+        let cases = [
+            (
+                GatewayError::NoTarget {
+                    upstream: "u".into(),
+                },
+                "14",
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    upstream: "u".into(),
+                },
+                "4",
+            ),
+            (
+                GatewayError::UpstreamTls {
+                    upstream: "u".into(),
+                },
+                "14",
+            ),
+            (
+                GatewayError::NoRoute {
+                    method: "POST".into(),
+                    path: "/x".into(),
+                },
+                "12",
+            ),
+            (GatewayError::Forbidden("no"), "7"),
+            (
+                GatewayError::Plugin {
+                    plugin: "p".into(),
+                    kind: "trap",
+                },
+                "13",
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.into_grpc_response().headers()["grpc-status"], code);
+        }
+        assert_eq!(grpc_percent_encode("100% ü\n"), "100%25 %C3%BC%0A");
     }
 }

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{self, Collected, GatewayBody};
+use crate::config::UpstreamProtocol;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
@@ -68,9 +69,26 @@ pub fn prepare(
                 .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?
         }
     };
-    let original_host = headers.get(header::HOST).cloned();
+    // An HTTP/2 client names the host in :authority (the URI), not in a Host header.
+    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // gRPC needs `te: trailers` end to end; every other TE is hop-by-hop.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut headers);
-    add_forwarded(&mut headers, &peer.forwarded_for, original_host.as_ref());
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let proto = if peer.secure { "https" } else { "http" };
+    add_forwarded(
+        &mut headers,
+        &peer.forwarded_for,
+        original_host.as_ref(),
+        proto,
+    );
     route.request_headers.apply(&mut headers);
     Ok(Prepared {
         method,
@@ -114,7 +132,10 @@ impl Prepared {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
+        *request.version_mut() = match route.upstream.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
         *request.headers_mut() = headers;
         Ok(request)
     }
@@ -236,7 +257,8 @@ fn should_retry(
     let method_ok = policy.spec.retry_non_idempotent || retry::is_idempotent(method);
     match outcome {
         Ok(response) => method_ok && policy.spec.on_status.contains(&response.status().as_u16()),
-        Err(GatewayError::UpstreamConnect { .. }) => true,
+        // The request never left: another target may answer (or have a good certificate).
+        Err(GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamTls { .. }) => true,
         Err(GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamFailed { .. }) => {
             method_ok
         }
@@ -319,8 +341,19 @@ pub async fn send_once(
         Ok(Err(e)) if e.is_connect() && caused_by_timeout(&e) => GatewayError::UpstreamTimeout {
             upstream: group.name.to_string(),
         },
-        Ok(Err(e)) if e.is_connect() => GatewayError::UpstreamConnect {
-            upstream: group.name.to_string(),
+        Ok(Err(e)) if e.is_connect() => match crate::tls::client::failure_reason(&e) {
+            Some(reason) => {
+                tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
+                GatewayError::UpstreamTls {
+                    upstream: group.name.to_string(),
+                }
+            }
+            None => {
+                tracing::debug!(error = ?e, upstream = %group.name, target = %target.url, "could not connect to the upstream target");
+                GatewayError::UpstreamConnect {
+                    upstream: group.name.to_string(),
+                }
+            }
         },
         Ok(Err(e)) => {
             tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");

@@ -16,13 +16,15 @@ use crate::config::{Config, DiscoveryKind};
 use crate::discovery::store::{self as discovered, Discovered, Part};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::plan::Plan;
+use crate::plan::{Plan, TlsPlan};
 use crate::plugins::PluginHost;
 use crate::plugins::registry::{Compiled, LoadError};
 use crate::registry::store::HeartbeatError;
 use crate::registry::{self, Delta, Registration, Registry};
 use crate::snapshot::{self as build, Inputs, PolicyState};
 pub use crate::snapshot::{Route, Snapshot};
+use crate::tls::CertStore;
+use crate::tls::watch::CertWatcher;
 use crate::upstream::UpstreamState;
 
 /// What became of a plugin file.
@@ -69,6 +71,17 @@ pub struct Gateway {
     /// What the `[[discovery]]` providers found (merged with the registry's services
     /// in each snapshot).
     discovered: Mutex<Discovered>,
+    /// The TLS listener's certificates and their file watcher (with `[tls]`).
+    tls: Mutex<Option<TlsServing>>,
+    /// The TLS listener's bound port (redirects point at it).
+    tls_port: OnceLock<u16>,
+}
+
+/// What the TLS listener serves: the store its handshakes read and the files behind it.
+struct TlsServing {
+    store: Arc<CertStore>,
+    plan: TlsPlan,
+    _watcher: CertWatcher,
 }
 
 impl Gateway {
@@ -124,6 +137,8 @@ impl Gateway {
             cluster: OnceLock::new(),
             cluster_limits,
             discovered: Mutex::new(Discovered::default()),
+            tls: Mutex::new(None),
+            tls_port: OnceLock::new(),
         })
     }
 
@@ -136,9 +151,89 @@ impl Gateway {
     /// Returns the new generation.
     pub fn apply(&self, plan: Plan) -> u64 {
         warn_on_restart_only_changes(self.snapshot.load().config(), &plan.config);
+        if let Some(tls) = &plan.tls {
+            self.apply_tls(tls);
+        }
         self.plugins
             .configure(build::host_settings(&plan.config.plugins));
         self.rebuild(Arc::new(plan))
+    }
+
+    /// Serves `store` on the TLS listener: its expiry published, its files watched.
+    pub fn start_tls(
+        &self,
+        store: Arc<CertStore>,
+        plan: &TlsPlan,
+        port: u16,
+    ) -> Result<(), notify::Error> {
+        let _ = self.tls_port.set(port);
+        crate::tls::publish_expiry(&self.metrics, &store);
+        let watcher = crate::tls::watch::watch(
+            plan.certificates.clone(),
+            store.clone(),
+            self.metrics.clone(),
+        )?;
+        *self.tls_serving() = Some(TlsServing {
+            store,
+            plan: plan.clone(),
+            _watcher: watcher,
+        });
+        Ok(())
+    }
+
+    /// A reloaded `[tls]`: a changed certificate list is served (and watched) from now
+    /// on; the listener's own settings need a restart.
+    fn apply_tls(&self, new: &TlsPlan) {
+        let mut serving = self.tls_serving();
+        let Some(current) = serving.as_mut() else {
+            tracing::warn!("[tls] added: takes effect after a restart");
+            return;
+        };
+        let old = &current.plan;
+        if (old.listen, old.http2, old.handshake_timeout)
+            != (new.listen, new.http2, new.handshake_timeout)
+        {
+            tracing::warn!(
+                "tls.listen, tls.http2 or tls.handshake_timeout_ms changed: takes effect after a restart"
+            );
+        }
+        if old.certificates == new.certificates {
+            current.plan.redirect_http = new.redirect_http;
+            return;
+        }
+        match crate::tls::watch::watch(
+            new.certificates.clone(),
+            current.store.clone(),
+            self.metrics.clone(),
+        ) {
+            Ok(watcher) => {
+                current.store.replace(new.loaded.clone());
+                crate::tls::publish_expiry(&self.metrics, &current.store);
+                current.plan = new.clone();
+                current._watcher = watcher;
+                tracing::info!(
+                    certificates = new.loaded.len(),
+                    "tls.certificates changed: serving the new list"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tls.certificates changed but their folders cannot be watched; the certificates in force keep serving")
+            }
+        }
+    }
+
+    /// The TLS listener's port, once it listens.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port.get().copied()
+    }
+
+    fn tls_serving(&self) -> MutexGuard<'_, Option<TlsServing>> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The certificates the TLS listener serves now (for the admin API).
+    pub fn tls_certificates(&self) -> Option<Arc<crate::tls::store::CertSet>> {
+        self.tls_serving().as_ref().map(|t| t.store.current())
     }
 
     /// Builds and swaps in a snapshot of `plan` plus the registry's and the discovery

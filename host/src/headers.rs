@@ -53,11 +53,12 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 
 /// Appends the client (`client`, its address as a header value) to `X-Forwarded-For`,
 /// keeping earlier hops comma-joined into one field, and sets `X-Forwarded-Host` (the
-/// Host the client asked for) and `X-Forwarded-Proto`.
+/// Host the client asked for) and `X-Forwarded-Proto` (`http` or `https`).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     original_host: Option<&HeaderValue>,
+    proto: &'static str,
 ) {
     if headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain: Vec<&str> = headers
@@ -77,7 +78,7 @@ pub fn add_forwarded(
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 }
 
 #[cfg(test)]
@@ -117,15 +118,21 @@ mod tests {
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("api.example");
-        add_forwarded(&mut h, &HeaderValue::from_static("9.9.9.9"), Some(&host));
+        add_forwarded(
+            &mut h,
+            &HeaderValue::from_static("9.9.9.9"),
+            Some(&host),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 9.9.9.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-host"], "api.example");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, &HeaderValue::from_static("::1"), None);
+        add_forwarded(&mut fresh, &HeaderValue::from_static("::1"), None, "https");
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert!(fresh.get("x-forwarded-host").is_none());
+        assert_eq!(fresh["x-forwarded-proto"], "https");
     }
 }

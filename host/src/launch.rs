@@ -13,9 +13,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::gateway::Gateway;
+use crate::plan::TlsPlan;
 use crate::plan::{Overrides, Plan};
 use crate::plugins::watch::PluginWatcher;
 use crate::reload::ConfigWatcher;
+use crate::server::Listeners;
+use crate::tls::{CertStore, Terminator, TerminatorSettings, TlsListener};
 use crate::{cluster, discovery, plugins, reload, sockets};
 
 /// Accept backlog of the HTTP listener.
@@ -34,6 +37,9 @@ pub struct Launch {
     /// An already-bound listener (tests bind `127.0.0.1:0`); `None` = bind
     /// `server.listen`.
     pub listener: Option<TcpListener>,
+    /// The same for the TLS listener (used only with a `[tls]` section); `None` = bind
+    /// `tls.listen`.
+    pub tls_listener: Option<TcpListener>,
 }
 
 /// Why a gateway could not start.
@@ -56,6 +62,8 @@ pub enum StartError {
         path: PathBuf,
         source: notify::Error,
     },
+    #[error("setting up TLS: {0}")]
+    Tls(String),
 }
 
 /// A started gateway, not yet serving.
@@ -63,7 +71,9 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     /// The address actually bound.
     pub addr: SocketAddr,
-    listener: TcpListener,
+    /// The TLS listener's address, when there is one.
+    pub tls_addr: Option<SocketAddr>,
+    listeners: Listeners,
     cluster: Option<JoinHandle<()>>,
     /// Discovery provider tasks: aborted when the gateway stops (or this is dropped).
     providers: Tasks,
@@ -78,6 +88,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         config_path,
         overrides,
         listener,
+        tls_listener,
     } = launch;
     let listener = match listener {
         Some(listener) => listener,
@@ -93,7 +104,13 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
     let plugin_dir = plan.config.plugins.dir.clone();
     let cluster_settings = plan.cluster.clone().filter(|c| c.gossip);
     let discovery_plans = plan.discovery.clone();
+    let tls_plan = plan.tls.clone();
     let gateway = Gateway::new(plan, addr);
+    let tls = match tls_plan {
+        Some(tls_plan) => Some(start_tls(&gateway, &tls_plan, tls_listener)?),
+        None => None,
+    };
+    let tls_addr = tls.as_ref().and_then(|t| t.listener.local_addr().ok());
     let cluster = match cluster_settings {
         Some(settings) => {
             if settings.advertise.is_none() && settings.gossip_listen.ip().is_unspecified() {
@@ -132,11 +149,15 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
             )?),
             None => None,
         };
-    tracing::info!(listen = %addr, config = ?config_path, "fluxgate listening");
+    tracing::info!(listen = %addr, tls = ?tls_addr, config = ?config_path, "fluxgate listening");
     Ok(Running {
         gateway,
         addr,
-        listener,
+        tls_addr,
+        listeners: Listeners {
+            plain: listener,
+            tls,
+        },
         cluster,
         providers,
         _plugin_watcher: plugin_watcher,
@@ -150,12 +171,12 @@ impl Running {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Running {
             gateway,
-            listener,
+            listeners,
             cluster,
             providers,
             ..
         } = self;
-        crate::run(listener, gateway.clone(), shutdown).await?;
+        crate::run(listeners, gateway.clone(), shutdown).await?;
         drop(providers);
         if let (Some(view), Some(mut task)) = (gateway.cluster.get(), cluster) {
             view.leave();
@@ -177,6 +198,42 @@ impl Drop for Tasks {
             task.abort();
         }
     }
+}
+
+/// The TLS listener: bound, its certificates in a store the handshakes read, the
+/// certificate files watched.
+fn start_tls(
+    gateway: &Arc<Gateway>,
+    plan: &TlsPlan,
+    listener: Option<TcpListener>,
+) -> Result<TlsListener, StartError> {
+    let listener = match listener {
+        Some(listener) => listener,
+        None => bind(plan.listen).map_err(|source| StartError::Listen {
+            addr: plan.listen,
+            source,
+        })?,
+    };
+    let store = Arc::new(CertStore::new(plan.loaded.clone()));
+    let terminator = Terminator::new(
+        store.clone(),
+        TerminatorSettings {
+            http2: plan.http2,
+            acme_tls_alpn: false,
+            handshake_timeout: plan.handshake_timeout,
+        },
+    )
+    .map_err(StartError::Tls)?;
+    let port = listener
+        .local_addr()
+        .map_or(plan.listen.port(), |a| a.port());
+    gateway
+        .start_tls(store, plan, port)
+        .map_err(|e| StartError::Tls(format!("watching the certificate files: {e}")))?;
+    Ok(TlsListener {
+        listener,
+        terminator,
+    })
 }
 
 /// The HTTP listener, with a deep accept backlog.

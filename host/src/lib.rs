@@ -5,7 +5,8 @@
 //! `upstream` → `policy`; all of them may use the leaves below.
 //! - `launch`    one startup path (binary and tests): listener, gateway, gossip,
 //!   plugin folder, config watcher; `run` serves until shutdown
-//! - `server`    accept loop, HTTP/1.1 limits, slowloris 408, graceful drain
+//! - `server`    accept loops (plain, TLS), HTTP/1.1 and HTTP/2 connections, drain
+//! - `tls`       TLS termination (SNI, ALPN, reloaded certificates), TLS to upstreams
 //! - `pipeline`  the ordered request path, one `Exchange` per request: limits → own
 //!   endpoints → normalise → route → CORS preflight → plugins on-request → rate
 //!   limits → cache → forward → response edits → cache store → plugins on-response
@@ -66,6 +67,7 @@ pub mod server;
 pub mod snapshot;
 pub mod sockets;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod user_id;
 pub mod websocket;
@@ -80,12 +82,12 @@ pub use plan::Plan;
 /// Runs a gateway on an already-bound listener until `shutdown` completes, then drains.
 /// Tests bind `127.0.0.1:0` and pass the listener in.
 pub async fn run(
-    listener: tokio::net::TcpListener,
+    listeners: server::Listeners,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let maintenance = tokio::spawn(registry_maintenance(gateway.clone()));
-    let served = server::serve(listener, gateway, shutdown).await;
+    let served = server::serve(listeners, gateway, shutdown).await;
     maintenance.abort();
     served
 }

@@ -41,6 +41,9 @@ struct Cli {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// TLS listen port, overriding tls.listen's port.
+    #[arg(long)]
+    tls_port: Option<u16>,
     /// Gossip port (UDP + TCP): turns clustering on, overriding cluster.gossip_listen's port.
     #[arg(long)]
     gossip_port: Option<u16>,
@@ -283,6 +286,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         port: cli.port,
         gossip_port: cli.gossip_port,
         join: cli.join.clone(),
+        tls_port: cli.tls_port,
     };
     let plan = match &cli.config {
         Some(path) => plan::load_file(path, &overrides)?,
@@ -312,6 +316,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
             config_path: cli.config.clone(),
             overrides,
             listener: None,
+            tls_listener: None,
         })
         .await?;
         running.serve(shutdown).await?;

@@ -170,6 +170,14 @@ metrics! {
     discovery_errors: IntCounterVec("discovery_errors_total", labels = ["provider"]),
     /// Entries skipped as invalid registrations, by provider
     discovery_skipped: IntCounterVec("discovery_skipped_total", labels = ["provider"]),
+    /// TLS handshakes completed, by protocol version and negotiated ALPN protocol
+    tls_handshakes: IntCounterVec("tls_handshakes_total", labels = ["version", "alpn"]),
+    /// TLS handshakes that failed, by reason (error, timeout)
+    tls_handshake_errors: IntCounterVec("tls_handshake_errors_total", labels = ["reason"]),
+    /// Expiry of each served certificate name, in seconds since the Unix epoch
+    tls_certificate_expiry: IntGaugeVec("tls_certificate_expiry_seconds", labels = ["name"]),
+    /// Certificate reloads from changed files, by result (ok, error)
+    tls_certificate_reloads: IntCounterVec("tls_certificate_reloads_total", labels = ["result"]),
 }
 
 impl Metrics {

@@ -8,9 +8,11 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_interop;
 mod cluster_limits;
 mod discovery;
 mod framing;
+mod http2;
 mod plugin_langs;
 mod plugin_safety;
 mod plugins;
@@ -20,3 +22,5 @@ mod registry;
 mod reload;
 mod routing;
 mod support;
+mod tls;
+mod upstream_tls;

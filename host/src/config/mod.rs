@@ -11,6 +11,7 @@ mod discovery;
 mod load;
 mod policy;
 mod schema;
+mod tls;
 
 pub use discovery::{DiscoveryCheck, DiscoveryConfig, DiscoveryKind, RedisConfig};
 pub use load::{ConfigError, Parsed, Problem, parse};
@@ -19,3 +20,4 @@ pub use policy::{
     OnRedisError, OutlierConfig, RateAlgorithm, RateLimitConfig, RetryConfig,
 };
 pub use schema::*;
+pub use tls::{CertificateConfig, Http2Config, TlsConfig, UpstreamProtocol, UpstreamTlsConfig};

@@ -9,6 +9,7 @@ use super::policy::{
     CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig,
     RateLimitConfig, RetryConfig,
 };
+use super::tls::{Http2Config, TlsConfig, UpstreamProtocol, UpstreamTlsConfig};
 
 /// The whole gateway.toml. All sections are optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[[discovery]]`: services read from etcd, DNS SRV or Consul.
     pub discovery: Vec<DiscoveryConfig>,
+    /// Absent = no TLS listener.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[cluster]`: gossip with other gateway nodes (memberlist's protocol).
@@ -62,8 +65,27 @@ impl Default for ClusterConfig {
 impl Config {
     /// Makes relative paths in the config relative to `base` (the config file's folder).
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
-        if self.plugins.dir.is_relative() {
-            self.plugins.dir = base.join(&self.plugins.dir);
+        let resolve = |path: &mut std::path::PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.plugins.dir);
+        if let Some(tls) = &mut self.tls {
+            for cert in &mut tls.certificates {
+                resolve(&mut cert.cert);
+                resolve(&mut cert.key);
+            }
+        }
+        for upstream in self.upstreams.values_mut() {
+            if let Some(tls) = &mut upstream.tls {
+                for path in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+                    .into_iter()
+                    .flatten()
+                {
+                    resolve(path);
+                }
+            }
         }
     }
 }
@@ -265,6 +287,10 @@ pub struct ServerConfig {
     /// Bearer token that allows management writes from non-loopback clients (else the
     /// FLUXGATE_ADMIN_TOKEN environment variable; neither = loopback only).
     pub admin_token: Option<String>,
+    /// Serve HTTP/2 with prior knowledge (h2c) on the plain listener too.
+    pub h2c: bool,
+    /// HTTP/2 limits (TLS and h2c).
+    pub http2: Http2Config,
 }
 
 impl Default for ServerConfig {
@@ -279,6 +305,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             access_log: true,
             admin_token: None,
+            h2c: false,
+            http2: Http2Config::default(),
         }
     }
 }
@@ -305,6 +333,10 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// Absent = every request is tried once.
     pub retry: Option<RetryConfig>,
+    /// How targets are reached: HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// TLS settings for `https://` targets.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -320,6 +352,8 @@ impl Default for UpstreamConfig {
             outlier_detection: None,
             circuit_breaker: None,
             retry: None,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Exchange {
     /// The config in force when the request arrived, for its whole life.
     pub snapshot: Arc<Snapshot>,
     pub peer: Peer,
+    /// A gRPC call: the gateway's own refusals take the gRPC form.
+    pub grpc: bool,
     /// Phase 3: the normalised path routes are matched against.
     pub path: String,
     /// Phase 4: the matched route and its path parameters.
@@ -50,6 +52,7 @@ impl Exchange {
             gateway,
             snapshot,
             peer,
+            grpc: crate::error::is_grpc(req.headers()),
             path: String::new(),
             route: None,
             params: Vec::new(),

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! handle: Exchange::begin (accounting starts: in-flight gauge, clock)
+//!   0. redirect::to_https  plain listener with tls.redirect_http → 308 (not ACME)
 //!   1. check_limits        URI length (414), header count and bytes (431)
 //!   2. own_endpoints       /api/v1/health, /api/v1/upstreams, /metrics, /api/v1/services*
 //!   3. normalise_path      `.` and `..` resolved (also %2e); above "/" → 400
@@ -30,6 +31,7 @@ mod exchange;
 mod limits;
 mod own_endpoints;
 mod plugins;
+mod redirect;
 mod request;
 mod respond;
 mod route;
@@ -48,6 +50,7 @@ use crate::gateway::{Gateway, Route};
 use crate::peer::Peer;
 use crate::websocket;
 pub use exchange::{CLIENT_CLOSED, Exchange};
+pub use redirect::ACME_CHALLENGE_PREFIX;
 
 /// The future `handle` returns, boxed once per request for the connection's service.
 pub type HandleFuture =
@@ -92,11 +95,14 @@ async fn exchange(
     Ok(finish(ex, outcome))
 }
 
-/// Phases 1 to 6 and 12, in order; 7 to 11 are `upstream_phases`.
+/// Phases 0 to 6 and 12, in order; 7 to 11 are `upstream_phases`.
 async fn process(
     ex: &mut Exchange,
     req: Request<GatewayBody>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    if let Some(redirect) = redirect::to_https(ex, &req) {
+        return Ok(redirect);
+    }
     request::check_limits(&req, &ex.snapshot.config().server)?;
     let req = next!(own_endpoints::answer(ex, req).await?);
     ex.path = request::normalise_path(req.uri().path())?.into_owned();
@@ -153,7 +159,11 @@ fn finish(
 ) -> Response<ObservedBody> {
     let mut response = outcome.unwrap_or_else(|error| {
         ex.log.record().error = Some(error.code());
-        error.into_response()
+        if ex.grpc {
+            error.into_grpc_response()
+        } else {
+            error.into_response()
+        }
     });
     respond::finish_headers(&mut ex, response.headers_mut());
     ex.log.record().status = response.status().as_u16();
@@ -176,7 +186,7 @@ mod tests {
         let addr = "127.0.0.1:8080".parse().unwrap();
         let gateway = Gateway::new(plan, addr);
         let req = Request::get("/").body(GatewayBody::empty()).unwrap();
-        let future = exchange(gateway, req, Peer::new(addr));
+        let future = exchange(gateway, req, Peer::new(addr, false));
         let size = std::mem::size_of_val(&future);
         println!("per-request future: {size} bytes");
         // 4144 bytes before the restructure of issue 10, 3848 after (dev profile).

@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 
 use super::{Exchange, Step};
 use crate::body::{self, GatewayBody};
-use crate::error::GatewayError;
+use crate::error::{self, GatewayError, GrpcCode};
 use crate::gateway::Route;
 use crate::plugins::{Chain, Entries, OnRequest, RequestState, ResponseState};
 
@@ -96,6 +96,9 @@ pub(super) async fn on_request(
             chain
                 .on_response(entries, ran, &mut state, &mut response)
                 .await?;
+            if ex.grpc && !response.status.is_success() && !error::is_grpc(&response.headers) {
+                return Ok(Step::Answer(grpc_refusal(&response)));
+            }
             return Ok(Step::Answer(into_response(response, None, None)));
         }
     }
@@ -171,6 +174,40 @@ pub(super) async fn on_response(
         .on_response(entries(ex, route), chain.len(), &mut request, &mut state)
         .await?;
     Ok(into_response(state, streamed, length))
+}
+
+/// A plugin's refusal of a gRPC call in the form gRPC clients read: the status mapped
+/// to a gRPC code; as the message, the body's `message` when it is a JSON error like
+/// the gateway's own (api-key-auth, jwt-auth answer so), else the body when short
+/// text, else the reason phrase.
+fn grpc_refusal(response: &ResponseState) -> Response<GatewayBody> {
+    let text = response
+        .body
+        .as_deref()
+        .filter(|b| !b.is_empty() && b.len() <= 1024)
+        .and_then(|b| std::str::from_utf8(b).ok());
+    let json_message = text
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned));
+    let message = match (json_message, text) {
+        (Some(message), _) => message,
+        (None, Some(text)) => text.trim().to_owned(),
+        (None, None) => format!(
+            "{} {}",
+            response.status.as_u16(),
+            response.status.canonical_reason().unwrap_or("refused")
+        ),
+    };
+    let mut answer = error::grpc_answer(GrpcCode::for_status(response.status), &message);
+    for (name, value) in &response.headers {
+        let ours = name == header::CONTENT_TYPE
+            || name == header::CONTENT_LENGTH
+            || name.as_str().starts_with("grpc-");
+        if !ours {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
 }
 
 /// The client's answer from the plugins' view of it. `streamed` is the upstream body

@@ -14,6 +14,7 @@ mod discovery;
 mod policy;
 mod routes;
 mod settings;
+mod tls;
 mod upstreams;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ pub use routes::{RoutePlan, compile_route};
 pub use settings::{
     ClusterSettings, JAVASCRIPT_DEFAULTS, PYTHON_DEFAULTS, PluginLimitsPlan, is_plugin_name,
 };
+pub use tls::TlsPlan;
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
 /// A checked config and everything compiled from it.
@@ -43,6 +45,8 @@ pub struct Plan {
     pub routes: Vec<RoutePlan>,
     /// `[cluster]` with the command-line overrides applied; `None` = one node.
     pub cluster: Option<ClusterSettings>,
+    /// `[tls]`; `None` = no TLS listener.
+    pub tls: Option<TlsPlan>,
     /// `[cluster.redis]`: where cluster-scoped rate limits count.
     pub redis: Option<RedisSettings>,
     /// `[[discovery]]` providers, in config order.
@@ -61,10 +65,18 @@ pub struct Overrides {
     pub gossip_port: Option<u16>,
     /// `--join`: turns clustering on and adds seeds.
     pub join: Vec<String>,
+    /// `--tls-port`: replaces `tls.listen`'s port.
+    pub tls_port: Option<u16>,
 }
 
 impl Overrides {
     pub fn apply(&self, config: &mut Config) {
+        if let (Some(port), Some(tls)) = (self.tls_port, &mut config.tls)
+            && let Ok(mut addr) = tls.listen.parse::<SocketAddr>()
+        {
+            addr.set_port(port);
+            tls.listen = addr.to_string();
+        }
         if let Some(port) = self.port
             && let Ok(mut addr) = config.server.listen.parse::<SocketAddr>()
         {
@@ -96,6 +108,10 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
         .cluster
         .as_ref()
         .and_then(|c| settings::compile_cluster(c, &mut out));
+    let tls = config
+        .tls
+        .as_ref()
+        .and_then(|t| tls::compile_tls(t, &mut out));
     let redis = config
         .cluster
         .as_ref()
@@ -154,6 +170,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             redis,
             discovery,
             plugin_limits,
+            tls,
         }),
         _ => Err(out),
     }
@@ -265,6 +282,7 @@ mod tests {
             port: Some(9999),
             gossip_port: Some(7000),
             join: vec!["127.0.0.1:7001".into()],
+            ..Overrides::default()
         };
         let plan = parse("", &overrides).unwrap();
         assert_eq!(plan.listen.port(), 9999);
@@ -323,6 +341,28 @@ mod tests {
                 .iter()
                 .any(|f| f.starts_with("upstreams.bad.targets[0].url: ")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn http2_limits_must_be_usable() {
+        let found = problems(
+            "[server.http2]\nmax_concurrent_streams = 0\nmax_header_list_bytes = 2000000\n\
+             keep_alive_timeout_ms = 0\n",
+        );
+        for expected in [
+            "server.http2.max_concurrent_streams: must be greater than 0",
+            "server.http2.max_header_list_bytes: must be at most 1048576",
+            "server.http2.keep_alive_timeout_ms: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|f| f == expected),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        assert_eq!(
+            problems("[server]\nh2c = true\n[server.http2]\nmax_cancelled_streams_per_s = 0\n"),
+            Vec::<String>::new()
         );
     }
 

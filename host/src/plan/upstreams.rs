@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::{Problem, UpstreamConfig};
+use crate::tls::client::{self, ClientTls};
 use crate::upstream::addr::TargetAddr;
 
 /// One target, compiled.
@@ -19,6 +20,9 @@ pub struct UpstreamPlan {
     /// Its settings as written (timeouts, pool sizes, policies).
     pub config: UpstreamConfig,
     pub targets: Vec<TargetPlan>,
+    /// How `https://` targets are reached (always built: the defaults verify against
+    /// the web roots).
+    pub tls: ClientTls,
 }
 
 /// Checks and compiles one group; `at` is its key path (`upstreams.NAME`). Returns
@@ -59,9 +63,39 @@ pub fn compile_upstream(
             out.push(Problem::new(key(k), "must be greater than 0"));
         }
     }
-    (out.len() == before).then(|| UpstreamPlan {
+    let secure = targets.iter().any(|t| t.addr.is_https());
+    if upstream.tls.is_some() && !secure {
+        out.push(Problem::new(
+            key("tls"),
+            "applies to https:// targets only, and this group has none",
+        ));
+    }
+    if upstream
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.insecure_skip_verify)
+    {
+        tracing::warn!(
+            upstream = name,
+            "tls.insecure_skip_verify = true: the targets' certificates are not checked"
+        );
+    }
+    let tls = match client::compile(upstream.tls.as_ref()) {
+        Ok(tls) => Some(tls),
+        Err(problems) => {
+            for p in problems {
+                out.push(Problem::new(key(&format!("tls.{}", p.key)), p.message));
+            }
+            None
+        }
+    };
+    if out.len() > before {
+        return None;
+    }
+    Some(UpstreamPlan {
         name: Arc::from(name),
         config: upstream.clone(),
         targets,
+        tls: tls?,
     })
 }

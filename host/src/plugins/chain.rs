@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::bindings::PluginInfo;
@@ -194,7 +196,8 @@ impl Chain {
             let entry = entries.get(step.index);
             let started = Instant::now();
             let result = step.pool.on_request(i, req).await;
-            if let Some(Some(response)) = self.called(entry, Hook::OnRequest, started, result)? {
+            let answer = self.called(entry, Hook::OnRequest, started, result);
+            if let Some(Some(response)) = held(entry, answer).await? {
                 return Ok(OnRequest::Respond { response, ran: i });
             }
         }
@@ -217,7 +220,7 @@ impl Chain {
             let entry = entries.get(step.index);
             let started = Instant::now();
             let result = step.pool.on_response(i, req, resp).await;
-            self.called(entry, Hook::OnResponse, started, result)?;
+            held(entry, self.called(entry, Hook::OnResponse, started, result)).await?;
         }
         Ok(())
     }
@@ -236,6 +239,21 @@ impl Chain {
             Err(error) => failed(entry, error, self.on_error).map(|()| None),
         }
     }
+}
+
+/// A refusal because the plugin is short-circuited is answered only after the
+/// plugin's time limit: held, not computed, so a flood at a broken plugin's route
+/// cannot turn into a free stream of errors that takes the worker from other routes.
+async fn held<R>(
+    entry: &ChainEntry,
+    outcome: Result<R, PluginFailure>,
+) -> Result<R, PluginFailure> {
+    if let Err(failure) = &outcome
+        && failure.error == CallError::CircuitOpen
+    {
+        tokio::time::sleep(Duration::from_millis(entry.limits.timeout_ms)).await;
+    }
+    outcome
 }
 
 /// Counts and logs a failure; `Err` when it must fail the request.

@@ -144,7 +144,7 @@ impl InstancePool {
         step: usize,
         request: &mut RequestState,
     ) -> Result<Option<ResponseState>, CallError> {
-        let permit = self.gate.admit(&self.limits)?;
+        let permit = self.gate.admit(&self.limits).await?;
         let result = self
             .run(Hook::OnRequest, step, request, None)
             .await
@@ -174,7 +174,7 @@ impl InstancePool {
         request: &mut RequestState,
         response: &mut ResponseState,
     ) -> Result<(), CallError> {
-        let permit = self.gate.admit(&self.limits)?;
+        let permit = self.gate.admit(&self.limits).await?;
         let result = self
             .run(Hook::OnResponse, step, request, Some(&mut *response))
             .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::addr::TargetAddr;
-use super::client::{ClientSettings, HttpClient, new_client};
+use super::client::{ClientKey, ClientSettings, HttpClient, new_client};
 use super::group::{RetryPolicy, Target, UpstreamGroup};
 use super::probe::{HealthCheckers, ProbeTarget};
 use super::stats::TargetStats;
@@ -24,7 +24,7 @@ pub struct UpstreamState {
     /// Per group and target: a target shared by two groups has one health and breaker
     /// per group, as each group configures them.
     stats: Carried<(Arc<str>, TargetAddr), TargetStats>,
-    clients: Carried<ClientSettings, HttpClient>,
+    clients: Carried<ClientKey, HttpClient>,
     budgets: Carried<Arc<str>, RetryBudget>,
 }
 
@@ -93,8 +93,10 @@ impl UpstreamState {
                 connect_timeout_ms: cfg.connect_timeout_ms,
                 pool_idle_timeout_ms: cfg.pool_idle_timeout_ms,
                 pool_max_idle: cfg.pool_max_idle_per_target,
+                protocol: cfg.protocol,
+                tls: plan.tls.clone(),
             };
-            let client = clients.keep(settings.clone(), || new_client(&settings));
+            let client = clients.keep(settings.key(), || new_client(&settings));
             if let Some(check) = &cfg.health_check {
                 for t in &targets {
                     let probe = ProbeTarget {
@@ -129,6 +131,7 @@ impl UpstreamState {
                     balancer: Balancer::new(cfg.balancer, targets.len()),
                     targets,
                     client: HttpClient::clone(&client),
+                    protocol: cfg.protocol,
                     request_timeout: Duration::from_millis(cfg.request_timeout_ms),
                     retry,
                     breaker: cfg.circuit_breaker.clone(),

@@ -11,7 +11,9 @@ use super::addr::TargetAddr;
 use super::client::HttpClient;
 use super::stats::TargetStats;
 use crate::balancer::{Balancer, Candidate};
-use crate::config::{BalancerKind, CircuitBreakerConfig, OutlierConfig, RetryConfig};
+use crate::config::{
+    BalancerKind, CircuitBreakerConfig, OutlierConfig, RetryConfig, UpstreamProtocol,
+};
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::retry::RetryBudget;
 
@@ -51,6 +53,8 @@ pub struct UpstreamGroup {
     pub kind: BalancerKind,
     pub balancer: Balancer,
     pub client: HttpClient,
+    /// HTTP/1.1 or HTTP/2 to the targets.
+    pub protocol: UpstreamProtocol,
     pub request_timeout: Duration,
     pub retry: Option<RetryPolicy>,
     /// Statuses the breaker counts as failures (when the group has breakers).

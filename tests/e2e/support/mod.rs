@@ -1,6 +1,9 @@
 //! Test support: real upstream servers, a real gateway on port 0, and HTTP clients.
 
+pub mod certs;
 pub mod daemons;
+pub mod h2;
+pub mod python;
 pub mod upstream;
 pub mod wasm;
 
@@ -34,6 +37,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// through the same `launch::start` as the binary.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The TLS listener, when the config has `[tls]` (bound to 127.0.0.1:0 too).
+    pub tls_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub config_path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -51,7 +56,30 @@ impl TestGateway {
 
     /// Starts a gateway whose plugin folder holds `plugins` (name, wasm bytes) at start.
     pub async fn start_with_plugins(config_text: &str, plugins: &[(&str, &[u8])]) -> Self {
+        Self::start_with_files(config_text, plugins, &[]).await
+    }
+
+    /// Starts a gateway whose folder (the config's, so relative paths resolve there)
+    /// holds `files` (name, bytes) at start: certificates and the like.
+    pub async fn start_with_files(
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+        files: &[(&str, &[u8])],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).expect("write file");
+        }
+        Self::start_in(dir, config_text, plugins).await
+    }
+
+    /// Starts a gateway whose config is written into `dir`, prepared by the caller
+    /// (certificate folders with symlinks and the like).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        plugins: &[(&str, &[u8])],
+    ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_text).expect("write config");
         let plan =
@@ -62,21 +90,27 @@ impl TestGateway {
             std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes).expect("write plugin");
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let tls_listener = match plan.tls {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
+            None => None,
+        };
         let running = launch::start(Launch {
             plan,
             config_path: Some(config_path.clone()),
             overrides: Overrides::default(),
             listener: Some(listener),
+            tls_listener,
         })
         .await
         .expect("gateway starts");
-        let (addr, gateway) = (running.addr, running.gateway.clone());
+        let (addr, tls_addr, gateway) = (running.addr, running.tls_addr, running.gateway.clone());
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(running.serve(async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            tls_addr,
             gateway,
             config_path,
             shutdown: Some(tx),
@@ -88,6 +122,11 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The folder of the config file (where `start_with_files` put its files).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Rewrites the config file and waits until the gateway has swapped it in.

@@ -18,6 +18,10 @@
 //!   Cache-Control / Vary on it
 //!
 //! While `failing` is set, every request except `/health` gets 503.
+//!
+//! `Upstream::start_with` serves it over TLS (a rustls server config) and/or HTTP/2
+//! (h2c with prior knowledge without TLS, h2 by ALPN with it); the echo then reports
+//! the `version` the request arrived with.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -33,9 +37,9 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -108,7 +112,19 @@ impl Upstream {
         }
     }
 
+    /// An upstream speaking `serving` (TLS, HTTP/2 or both).
+    pub async fn start_with(name: &str, serving: Serving) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve_with(name, listener, Duration::ZERO, serving)
+    }
+
     fn serve(name: &str, listener: TcpListener, delay: Duration) -> Self {
+        Self::serve_with(name, listener, delay, Serving::default())
+    }
+
+    fn serve_with(name: &str, listener: TcpListener, delay: Duration, serving: Serving) -> Self {
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -133,12 +149,20 @@ impl Upstream {
             while let Ok((stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
+                let serving = serving.clone();
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(shared.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    match serving.tls {
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_stream(stream, h2 || serving.http2, svc).await;
+                        }
+                        None => serve_stream(stream, serving.http2, svc).await,
+                    }
                 });
                 tasks.lock().unwrap().push(conn.abort_handle());
             }
@@ -154,6 +178,35 @@ impl Upstream {
             task,
             connection_tasks,
         }
+    }
+}
+
+/// How an upstream speaks: plain HTTP/1.1 by default.
+#[derive(Clone, Default)]
+pub struct Serving {
+    /// Terminate TLS with this config (its ALPN list decides h2 vs http/1.1).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Speak HTTP/2 (h2c with prior knowledge when there is no TLS).
+    pub http2: bool,
+}
+
+async fn serve_stream<S, F>(stream: S, http2: bool, svc: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::Service<Request<Incoming>, Response = Reply, Error = Infallible>
+        + Send
+        + 'static,
+    F::Future: Send + 'static,
+{
+    if http2 {
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    } else {
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades()
+            .await;
     }
 }
 
@@ -272,6 +325,7 @@ async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply
         _ => {}
     }
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let query = req.uri().query().unwrap_or("").to_owned();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
@@ -289,6 +343,7 @@ async fn answer(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Reply
     let echo = serde_json::json!({
         "upstream": shared.name,
         "method": method,
+        "version": version,
         "path": path,
         "query": query,
         "headers": headers,

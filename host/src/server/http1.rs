@@ -1,10 +1,9 @@
-//! Accepting connections: HTTP/1.1 with parser limits, the slowloris guard, and a
-//! graceful drain on shutdown.
+//! One HTTP/1.1 connection (plain or over TLS): hyper's parser with our limits, the
+//! slowloris guard (408 for a head not received in time), upgrades for WebSockets.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -13,8 +12,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::GatewayBody;
@@ -23,69 +21,12 @@ use crate::gateway::Gateway;
 use crate::peer::Peer;
 use crate::pipeline;
 
-/// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
-/// `server.shutdown_grace_ms` for in-flight requests before returning.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    // Every connection task holds a receiver: `send` asks them to finish their current
-    // request and close, and `closed` resolves once the last one has. (hyper-util's
-    // GracefulShutdown cannot watch connections that allow upgrades.)
-    let (drain, draining) = watch::channel(false);
-    let mut shutdown = pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let conn = connection(stream, peer, gateway.clone());
-                    let mut draining = draining.clone();
-                    tokio::spawn(async move {
-                        let mut conn = pin!(conn);
-                        let result = tokio::select! {
-                            result = conn.as_mut() => result,
-                            _ = draining.changed() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        drop(draining);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    let grace = Duration::from_millis(gateway.snapshot().config().server.shutdown_grace_ms);
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining in-flight requests"
-    );
-    drop(draining);
-    let _ = drain.send(true);
-    tokio::select! {
-        () = drain.closed() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
-    }
-    Ok(())
-}
-
 /// The per-connection service: hands each request to the pipeline with the peer address.
 #[derive(Clone)]
-struct GatewayService {
-    gateway: Arc<Gateway>,
-    peer: Peer,
-    state: Arc<ConnState>,
+pub(super) struct GatewayService {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) peer: Peer,
+    pub(super) state: Arc<ConnState>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewayService {
@@ -102,13 +43,37 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
     }
 }
 
-type Connection = http1::UpgradeableConnection<TokioIo<TrackedStream>, GatewayService>;
+/// Serves one HTTP/1.1 connection until it ends, finishing its current request and
+/// closing when the gateway drains.
+pub(super) async fn serve<S: Stream>(
+    stream: S,
+    peer: Peer,
+    gateway: Arc<Gateway>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) {
+    let addr = peer.addr;
+    let conn = connection(stream, peer, gateway);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = draining.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
 
-fn connection(stream: TcpStream, peer_addr: SocketAddr, gateway: Arc<Gateway>) -> Connection {
-    let _ = stream.set_nodelay(true);
+/// An HTTP/1.1 connection over `S`.
+type Connection<S> = http1::UpgradeableConnection<TokioIo<TrackedStream<S>>, GatewayService>;
+
+/// Serves HTTP/1.1 on `stream` (a TCP stream, or a TLS stream over one).
+fn connection<S: Stream>(stream: S, peer: Peer, gateway: Arc<Gateway>) -> Connection<S> {
     let server = gateway.snapshot().config().server.clone();
     let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
-    let peer = Peer::new(peer_addr);
+    let peer_addr = peer.addr;
     let state = Arc::new(ConnState {
         busy: AtomicBool::new(false),
         upgraded: peer.upgraded.clone(),
@@ -144,9 +109,30 @@ fn connection(stream: TcpStream, peer_addr: SocketAddr, gateway: Arc<Gateway>) -
         .with_upgrades()
 }
 
+/// A connection's byte stream, and how (if at all) it can be told "408" on its way
+/// out without the HTTP layer.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes` now, best effort, without blocking (the stream is being dropped).
+    fn last_words(&self, bytes: &[u8]);
+}
+
+impl Stream for TcpStream {
+    fn last_words(&self, bytes: &[u8]) {
+        // A tiny write into an empty socket buffer.
+        let _ = self.try_write(bytes);
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn last_words(&self, _bytes: &[u8]) {
+        // Plain bytes would be garbage inside TLS, and a record cannot be written
+        // synchronously here: a slow head over TLS is closed without the 408.
+    }
+}
+
 /// Shared between a connection's socket and its service.
 #[derive(Debug)]
-struct ConnState {
+pub(super) struct ConnState {
     /// A request head was parsed and its response is not written yet.
     busy: AtomicBool,
     /// The connection became a WebSocket tunnel (`Peer::upgraded`).
@@ -158,8 +144,8 @@ struct ConnState {
 /// the client is told why (408) instead of seeing a bare close. hyper itself closes such
 /// connections silently. An idle keep-alive connection is closed quietly: a client
 /// reusing it could take a 408 as the answer to its next request.
-struct TrackedStream {
-    inner: TcpStream,
+pub(super) struct TrackedStream<S: Stream> {
+    inner: S,
     peer: SocketAddr,
     state: Arc<ConnState>,
     /// Bytes of a new request head have arrived since the last response.
@@ -169,7 +155,7 @@ struct TrackedStream {
     header_timeout: Duration,
 }
 
-impl Drop for TrackedStream {
+impl<S: Stream> Drop for TrackedStream<S> {
     fn drop(&mut self) {
         if self.head_started
             && !self.state.busy.load(Ordering::Relaxed)
@@ -177,10 +163,8 @@ impl Drop for TrackedStream {
             && self.idle_since.elapsed() >= self.header_timeout
         {
             tracing::info!(peer = %self.peer, "request head not received in time: 408");
-            // Best effort on a non-blocking socket: a tiny write into an empty buffer.
-            let _ = self
-                .inner
-                .try_write(&closing_answer(GatewayError::RequestTimeout));
+            self.inner
+                .last_words(&closing_answer(GatewayError::RequestTimeout));
         }
     }
 }
@@ -218,7 +202,7 @@ fn closing_answer(error: GatewayError) -> Vec<u8> {
     out
 }
 
-impl TrackedStream {
+impl<S: Stream> TrackedStream<S> {
     /// Response bytes went out: the connection is (about to be) idle again.
     fn wrote(&mut self) {
         self.head_started = false;
@@ -227,7 +211,7 @@ impl TrackedStream {
     }
 }
 
-impl AsyncRead for TrackedStream {
+impl<S: Stream> AsyncRead for TrackedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -245,7 +229,7 @@ impl AsyncRead for TrackedStream {
     }
 }
 
-impl AsyncWrite for TrackedStream {
+impl<S: Stream> AsyncWrite for TrackedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
