@@ -41,7 +41,7 @@ for only in none header-rewrite js-canary py-allowlist; do
     printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[plugins]\ndir = "plugins.d"\n' "$FLUXGATE_PORT" >"$OUT/one/gateway.toml"
     "$BIN" --config "$OUT/one/gateway.toml" --log-level warn >"$OUT/one/gateway.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 600); do
+    for _ in $(seq 1 1200); do
         health=$(curl -fsS "http://127.0.0.1:$FLUXGATE_PORT/api/v1/health" 2>/dev/null || true)
         [[ -n $health && ($only == none || $health == *"\"$only\""*) ]] && break
         sleep 0.1
@@ -79,10 +79,17 @@ TOML
 "$BIN" --config "$OUT/gateway.toml" --log-level warn >"$OUT/gateway.log" 2>&1 &
 GW_PID=$!
 trap 'kill $GW_PID $NGINX_PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$FLUXGATE_PORT/py/x" 2>/dev/null && break
+# Every route answers once its plugin is compiled (the JavaScript and Python ones take
+# seconds): wait for all three, at most 120 s.
+for _ in $(seq 1 1200); do
+    ready=0
+    for route in rust js py; do
+        curl -fsS -o /dev/null "http://127.0.0.1:$FLUXGATE_PORT/$route/x" 2>/dev/null && ready=$((ready + 1))
+    done
+    (( ready == 3 )) && break
     sleep 0.1
 done
+(( ready == 3 )) || { echo "the gateway did not serve the three routes" >&2; exit 1; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status"; }
 echo "== gateway RSS with the three plugins loaded, one instance each: $(( $(rss_kib) / 1024 )) MiB"
 for route in rust js py; do
