@@ -410,9 +410,11 @@ fn the_js_and_python_templates_build_components_that_pass_check() {
     let step = script.rsplit("&& ").next().unwrap();
     let mut args = step.split_whitespace();
     assert_eq!(args.next(), Some("componentize-js"), "{script}");
-    let js = run(Command::new(plugins.join("js/node_modules/.bin/componentize-js"))
-        .current_dir(cwd.join("tpl-js"))
-        .args(args));
+    let js = run(
+        Command::new(plugins.join("js/node_modules/.bin/componentize-js"))
+            .current_dir(cwd.join("tpl-js"))
+            .args(args),
+    );
     assert!(js.status.success(), "{}", text(&js));
 
     std::os::unix::fs::symlink(
@@ -429,13 +431,20 @@ fn the_js_and_python_templates_build_components_that_pass_check() {
         ("tpl-js/tpl-js.wasm", "javascript"),
         ("tpl-py/tpl-py.wasm", "python"),
     ] {
-        let checked = run(Command::new(BIN)
-            .current_dir(cwd)
-            .args(["plugin", "check", file, "--config", r#"{"greeting":"hi"}"#]));
+        let checked = run(Command::new(BIN).current_dir(cwd).args([
+            "plugin",
+            "check",
+            file,
+            "--config",
+            r#"{"greeting":"hi"}"#,
+        ]));
         let all = text(&checked);
         assert!(checked.status.success(), "{all}");
         let stdout = String::from_utf8_lossy(&checked.stdout);
         assert!(stdout.contains(&format!("bytes, {language}")), "{all}");
-        assert!(stdout.contains("on-response  ok; set x-greeting: hi"), "{all}");
+        assert!(
+            stdout.contains("on-response  ok; set x-greeting: hi"),
+            "{all}"
+        );
     }
 }

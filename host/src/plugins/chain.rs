@@ -245,10 +245,7 @@ impl Chain {
 /// plugin's time limit: held, not computed, so a flood at a broken plugin's route
 /// cannot turn into a free stream of errors that takes the worker from other routes.
 /// The time limit is the pool's: the one of the loaded file's language.
-async fn held<R>(
-    step: &Step,
-    outcome: Result<R, PluginFailure>,
-) -> Result<R, PluginFailure> {
+async fn held<R>(step: &Step, outcome: Result<R, PluginFailure>) -> Result<R, PluginFailure> {
     if let Err(failure) = &outcome
         && failure.error == CallError::CircuitOpen
     {
