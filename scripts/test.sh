@@ -21,6 +21,11 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null 2>&1 || need+=(pebble)
+# Node.js/npm (componentize-js) and Python's venv (componentize-py) build the
+# JavaScript and Python plugins; their packages go inside the checkout (see below).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
 # HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
 command -v go >/dev/null 2>&1 || need+=(golang-go)
@@ -48,6 +53,16 @@ cargo fmt --all -- --check
 (cd plugins && cargo build --release --locked --target wasm32-wasip2)
 (cd plugins && cargo clippy --all-targets --locked -- -D warnings)
 (cd plugins && cargo test --locked)
+
+# JavaScript and Python plugins: the pinned toolchains are installed inside the checkout
+# (plugins/js/node_modules by `npm ci` from the committed lock file, plugins/py/.venv
+# by pip from requirements.txt), each example built once into plugins/target/lang/
+# (the e2e tests load those files), then the helpers' and the examples' own tests.
+plugins/build-lang.sh
+(cd plugins/js && node --import ./testing/register.js --test test/)
+(cd plugins/js-canary && node --import ../js/testing/register.js --test test/)
+(cd plugins/py && python3 -m unittest discover -s tests -t . -v)
+(cd plugins/py-allowlist && PYTHONPATH=../py python3 -m unittest -v)
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -81,6 +81,7 @@ fn plugins(gateway: &Gateway) -> Vec<serde_json::Value> {
                 "digest": v.digest,
                 "breaker": gateway.plugins.breaker_state(&v.name).map_or("closed", |b| b.as_str()),
                 "kv_bytes": gateway.plugins.kv_bytes(&v.name),
+                "language": v.language.as_str(),
             })
         })
         .collect()

@@ -397,8 +397,11 @@ impl Gateway {
             compiled
         })
         .await
-        .unwrap_or_else(|e| Err(LoadError::Compile(format!("compile task failed: {e}"))));
+        .unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));
         let uses = self.snapshot().plugin_uses(name);
+        let compile_ms = compiled
+            .as_ref()
+            .map_or(0, |c| c.compile_time.as_millis() as u64);
         let installed = match compiled {
             Ok(compiled) => self.plugins.install(compiled, &uses, &self.metrics).await,
             Err(e) => Err(e),
@@ -413,7 +416,7 @@ impl Gateway {
                     .plugin_version
                     .with_label_values(&[name])
                     .set(version.version as i64);
-                tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = size, "plugin loaded");
+                tracing::info!(plugin = name, version = version.version, digest = %version.digest, bytes = size, language = version.language.as_str(), compile_ms, "plugin loaded");
                 PluginLoad::Loaded
             }
             Err(e) => {

@@ -62,6 +62,7 @@ pub mod registry;
 pub mod reload;
 pub mod rewrite;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod sockets;

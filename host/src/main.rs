@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use fluxgate_host::config::ConfigError;
 use fluxgate_host::launch::{self, Launch};
 use fluxgate_host::plan::{self, Overrides};
+use fluxgate_host::plugins::check::{self, CheckOptions, Sample};
+use fluxgate_host::scaffold;
 use fluxgate_host::telemetry::{self, LogFormat};
 
 // mimalloc: glibc malloc showed up at ~5% of a proxied request's CPU; mimalloc's
@@ -28,7 +30,7 @@ static TUNE_ALLOCATOR: extern "C" fn() = fluxgate_host::memory::tune_allocator;
 #[command(version, about)]
 struct Cli {
     /// Config file (gateway.toml); without it the gateway runs with defaults on :8080.
-    #[arg(long, short, global = true)]
+    #[arg(long, short)]
     config: Option<PathBuf>,
     /// Listen port, overriding server.listen's port.
     #[arg(long, short)]
@@ -55,13 +57,93 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a config file: exit 0 if valid, else print every problem and exit 1.
-    Validate,
+    Validate {
+        /// The config file (also accepted before the subcommand).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write and check plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Write a ready plugin project in ./NAME: one working hook, one test, the build
+    /// file and a README with the build command.
+    New(NewArgs),
+    /// Load a component as the gateway would, without starting one: contract version,
+    /// hooks and needs, `init` with the config, one dry call of each hook. Exit 0, or 1
+    /// with the reason (not a component, wrong world, old contract, init error, trap,
+    /// timeout, memory, invalid output).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewArgs {
+    /// The plugin's name: the project folder, and NAME.wasm in the plugin folder
+    /// (letters, digits, '-', '_').
+    name: String,
+    /// The language of the project.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: scaffold::Lang,
+    /// Folder to create the project in (default: ./NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Rust: depend on fluxgate-sdk by path (a FluxGate checkout's sdk/ folder). The
+    /// default when the SDK this binary was built from is on this machine.
+    #[arg(long, group = "sdk")]
+    sdk_path: Option<PathBuf>,
+    /// Rust: depend on fluxgate-sdk from a git repository holding FluxGate.
+    #[arg(long, group = "sdk")]
+    sdk_git: Option<String>,
+    /// Rust: the revision (commit, tag or branch) of --sdk-git.
+    #[arg(long, requires = "sdk_git")]
+    sdk_rev: Option<String>,
+    /// Rust: depend on a published fluxgate-sdk version (e.g. 0.2).
+    #[arg(long, group = "sdk")]
+    sdk_version: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// The chain entry's config as JSON, given to `init` (default `{}`).
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Path (and query) of the sample request.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Method of the sample request.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// A header of the sample request, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Client IP of the sample request.
+    #[arg(long, default_value = "127.0.0.1")]
+    client_ip: String,
+    /// Also make N fresh instances and print their cost (time, memory).
+    #[arg(long, default_value_t = 0)]
+    instances: usize,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Validate) = cli.command {
-        return validate(cli.config.as_deref());
+    match cli.command {
+        Some(Command::Validate { config }) => {
+            return validate(config.as_deref().or(cli.config.as_deref()));
+        }
+        Some(Command::Plugin {
+            command: PluginCommand::New(args),
+        }) => return plugin_new(args),
+        Some(Command::Plugin {
+            command: PluginCommand::Check(args),
+        }) => return plugin_check(args),
+        None => {}
     }
     telemetry::init(cli.log_format, &cli.log_level);
     match serve(cli) {
@@ -101,6 +183,102 @@ fn validate(path: Option<&Path>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn plugin_new(args: NewArgs) -> ExitCode {
+    let sdk = if let Some(path) = args.sdk_path {
+        Some(scaffold::SdkSource::Path(path))
+    } else if let Some(url) = args.sdk_git {
+        Some(scaffold::SdkSource::Git {
+            url,
+            rev: args.sdk_rev,
+        })
+    } else {
+        args.sdk_version.map(scaffold::SdkSource::Version)
+    };
+    let request = scaffold::NewPlugin {
+        dir: args.dir.unwrap_or_else(|| PathBuf::from(&args.name)),
+        name: args.name,
+        lang: args.lang,
+        sdk,
+    };
+    match scaffold::write(&request) {
+        Ok(written) => {
+            print!("{written}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fluxgate-host plugin new: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plugin_check(args: CheckArgs) -> ExitCode {
+    let file = args.file.display().to_string();
+    match run_check(&args) {
+        Ok(report) => {
+            print!("{file}: OK\n{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{file}: FAILED ({}): {e:#}", kind_of(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The failure label of a check: the plugin's, or `usage` for the command line's.
+fn kind_of(e: &anyhow::Error) -> &'static str {
+    e.downcast_ref::<check::CheckError>()
+        .map_or("usage", check::CheckError::kind)
+}
+
+fn run_check(args: &CheckArgs) -> anyhow::Result<check::Report> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let mut sample = Sample {
+        method: args
+            .method
+            .parse()
+            .with_context(|| format!("--method {}", args.method))?,
+        client_ip: args.client_ip.clone(),
+        ..Sample::default()
+    };
+    match args.path.split_once('?') {
+        Some((path, query)) => {
+            sample.path = path.to_owned();
+            sample.query = Some(query.to_owned());
+        }
+        None => sample.path = args.path.clone(),
+    }
+    anyhow::ensure!(sample.path.starts_with('/'), "--path must start with '/'");
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header:?}: expected `name: value`"))?;
+        sample.headers.push((
+            name.trim()
+                .to_ascii_lowercase()
+                .parse()
+                .with_context(|| format!("--header {header:?}: bad name"))?,
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("--header {header:?}: bad value"))?,
+        ));
+    }
+    let options = CheckOptions {
+        config_json: args.config.clone(),
+        sample,
+        instances: args.instances,
+        limits: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    Ok(runtime.block_on(check::check(&bytes, &options))?)
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {

@@ -13,9 +13,9 @@ use crate::cluster_limit::{ClusterLimiter, ClusterLimits};
 use crate::config::{CacheConfig, Config, OnRedisError, PluginRef, PluginsConfig};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::plan::{LimitScope, Plan, RoutePlan};
+use crate::plan::{LimitScope, Plan, PluginLimitsPlan, RoutePlan};
 use crate::plugins::gate::BreakerLimits;
-use crate::plugins::{ChainCache, ChainEntry, HostSettings, Limits};
+use crate::plugins::{ChainCache, ChainEntry, HostSettings, LimitsByLanguage};
 use crate::policy::rate_limit::{KeyedLimiter, LimitSpec, Limiter};
 use crate::policy::response_cache::ResponseCache;
 use crate::policy::{RouteLimiter, RoutePolicies, UserLimit, UserLimiter};
@@ -80,8 +80,8 @@ impl Snapshot {
 
     /// Every (config, limits) plugin `name` is used with, so a new version can be
     /// initialised with each before it goes into service.
-    pub fn plugin_uses(&self, name: &str) -> Vec<(Arc<str>, Limits)> {
-        let mut uses: Vec<(Arc<str>, Limits)> = Vec::new();
+    pub fn plugin_uses(&self, name: &str) -> Vec<(Arc<str>, LimitsByLanguage)> {
+        let mut uses: Vec<(Arc<str>, LimitsByLanguage)> = Vec::new();
         let entries = self
             .global_plugins
             .iter()
@@ -214,7 +214,7 @@ pub fn build(plan: Arc<Plan>, generation: u64, inputs: &Inputs<'_>) -> Snapshot 
             route,
             upstream.clone(),
             policies,
-            &plan.config.plugins,
+            &plan.plugin_limits,
             metrics,
         )));
     }
@@ -224,7 +224,7 @@ pub fn build(plan: Arc<Plan>, generation: u64, inputs: &Inputs<'_>) -> Snapshot 
     caches.commit();
     Snapshot {
         generation,
-        global_plugins: chain(&plan.config.plugins.global, &plan.config.plugins, metrics),
+        global_plugins: chain(&plan.config.plugins.global, &plan.plugin_limits, metrics),
         router: Router::new(specs),
         routes,
         upstreams: built.groups,
@@ -237,7 +237,7 @@ fn build_route(
     route: &RoutePlan,
     upstream: Arc<UpstreamGroup>,
     policies: RoutePolicies,
-    plugins: &PluginsConfig,
+    plugin_limits: &PluginLimitsPlan,
     metrics: &Metrics,
 ) -> Route {
     Route {
@@ -248,23 +248,10 @@ fn build_route(
         response_headers: route.response_headers.clone(),
         preserve_host: route.preserve_host,
         host_rewrite: route.host_rewrite.clone(),
-        plugins: chain(&route.plugins, plugins, metrics),
+        plugins: chain(&route.plugins, plugin_limits, metrics),
         chain: ChainCache::default(),
         policies,
         reads_form: route.reads_form(),
-    }
-}
-
-/// The limits every call of a plugin runs under, from `[plugins]`.
-pub fn plugin_limits(settings: &PluginsConfig) -> Limits {
-    Limits {
-        timeout_ms: settings.timeout_ms,
-        memory_bytes: (settings.memory_limit_mb as usize) << 20,
-        max_idle: settings.max_idle_instances,
-        max_concurrent: settings.max_concurrent_calls,
-        max_instances: settings.max_instances,
-        max_idle_bytes: (settings.max_idle_mb as usize) << 20,
-        max_body: settings.max_body_bytes,
     }
 }
 
@@ -280,13 +267,17 @@ pub fn host_settings(settings: &PluginsConfig) -> HostSettings {
     }
 }
 
-fn chain(refs: &[PluginRef], settings: &PluginsConfig, metrics: &Metrics) -> Vec<ChainEntry> {
-    let limits = plugin_limits(settings);
+fn chain(refs: &[PluginRef], limits: &PluginLimitsPlan, metrics: &Metrics) -> Vec<ChainEntry> {
     refs.iter()
         .map(|r| {
             // A TOML table always serialises to JSON.
             let json = serde_json::to_string(&r.config).unwrap_or_else(|_| "{}".to_owned());
-            ChainEntry::new(&r.name, json, limits, metrics.for_plugin(&r.name))
+            ChainEntry::new(
+                &r.name,
+                json,
+                limits.for_plugin(&r.name),
+                metrics.for_plugin(&r.name),
+            )
         })
         .collect()
 }

@@ -130,8 +130,10 @@ pub mod testing;
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
+    // `wit` is a link to the repository's `wit/` (the one contract), so the packaged
+    // crate and git checkouts carry it too.
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         default_bindings_module: "fluxgate_sdk::bindings",
@@ -510,5 +512,32 @@ mod tests {
         );
         assert_eq!(runtime::effective_info(&NoAttribute), Info::new());
         assert_eq!(runtime::effective_info(&Both), Info::new());
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    /// The crate's major.minor is the contract package's (`wit/plugin.wit`), and the
+    /// attribute crate's version is the SDK's: bump them together.
+    #[test]
+    fn the_sdk_version_moves_with_the_wit_package_version() {
+        let wit = include_str!("../wit/plugin.wit");
+        let version = wit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package fluxgate:plugin@"))
+            .and_then(|v| v.strip_suffix(';'))
+            .expect("a package line");
+        let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        assert_eq!(
+            major_minor(version),
+            major_minor(env!("CARGO_PKG_VERSION")),
+            "fluxgate-sdk {} for fluxgate:plugin@{version}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let macros = include_str!("../macros/Cargo.toml");
+        assert!(
+            macros.contains(&format!("version = \"{}\"", env!("CARGO_PKG_VERSION"))),
+            "fluxgate-sdk-macros has the SDK's version"
+        );
     }
 }

@@ -14,6 +14,7 @@ mod cluster_limits;
 mod discovery;
 mod framing;
 mod http2;
+mod plugin_langs;
 mod plugin_safety;
 mod plugins;
 mod policies;

@@ -128,6 +128,34 @@ pub struct PluginsConfig {
     pub breaker: PluginBreakerConfig,
     /// Chain run on every routed request, before the route's own chain.
     pub global: Vec<PluginRef>,
+    /// Limits for plugins that carry a language runtime (detected when a file is
+    /// loaded), over the settings above: `[plugins.languages.javascript]`,
+    /// `[plugins.languages.python]`. Keys left out keep the built-in defaults for that
+    /// language (docs/CONFIG.md), then the settings above.
+    pub languages: PluginLanguagesConfig,
+    /// One plugin's own limits, over everything above: `[plugins.limits.NAME]`.
+    pub limits: BTreeMap<String, PluginLimitOverrides>,
+}
+
+/// `[plugins.languages]`: per-language limits.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginLanguagesConfig {
+    pub javascript: PluginLimitOverrides,
+    pub python: PluginLimitOverrides,
+}
+
+/// Limits that override `[plugins]`'s for a language or for one plugin; a key left
+/// out is not overridden.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PluginLimitOverrides {
+    pub timeout_ms: Option<u64>,
+    pub memory_limit_mb: Option<u64>,
+    pub max_idle_instances: Option<usize>,
+    pub max_concurrent_calls: Option<usize>,
+    pub max_instances: Option<usize>,
+    pub max_idle_mb: Option<u64>,
 }
 
 impl PluginsConfig {
@@ -174,6 +202,8 @@ impl Default for PluginsConfig {
             max_file_mb: 64,
             breaker: PluginBreakerConfig::default(),
             global: Vec::new(),
+            languages: PluginLanguagesConfig::default(),
+            limits: BTreeMap::new(),
         }
     }
 }

@@ -26,7 +26,9 @@ use crate::config::{self, Config, ConfigError, Problem};
 pub use discovery::{DiscoveryPlan, RedisSettings, Source};
 pub use policy::{LimitPlan, LimitScope, UserLimitPlan};
 pub use routes::{RoutePlan, compile_route};
-pub use settings::{ClusterSettings, is_plugin_name};
+pub use settings::{
+    ClusterSettings, JAVASCRIPT_DEFAULTS, PYTHON_DEFAULTS, PluginLimitsPlan, is_plugin_name,
+};
 pub use tls::{AcmePlan, TlsPlan};
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
@@ -49,6 +51,8 @@ pub struct Plan {
     pub redis: Option<RedisSettings>,
     /// `[[discovery]]` providers, in config order.
     pub discovery: Vec<DiscoveryPlan>,
+    /// The limits plugin calls run under, per plugin and language.
+    pub plugin_limits: PluginLimitsPlan,
 }
 
 /// Command-line settings that override the file, applied to every version of it (at
@@ -99,6 +103,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
     let mut out = Vec::new();
     let listen = settings::check_server(&config, &mut out);
     settings::check_plugins(&config, &mut out);
+    let plugin_limits = settings::compile_plugin_limits(&config.plugins, &mut out);
     let cluster = config
         .cluster
         .as_ref()
@@ -164,6 +169,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             cluster,
             redis,
             discovery,
+            plugin_limits,
             tls,
         }),
         _ => Err(out),
@@ -387,6 +393,74 @@ mod tests {
             vec![
                 "routes[0].plugins[0].name: \"../evil\" is not a plugin name (letters, digits, '-', '_')"
             ]
+        );
+    }
+
+    #[test]
+    fn plugin_limits_go_plugin_over_language_over_builtin_over_plugins() {
+        let text = format!(
+            "{UPSTREAM}[plugins]\nmemory_limit_mb = 16\nmax_idle_instances = 8\n\
+             [plugins.languages.python]\nmemory_limit_mb = 96\n\
+             [plugins.limits.big]\nmemory_limit_mb = 200\nmax_instances = 3\n"
+        );
+        let plan = parse(&text, &Overrides::default()).unwrap();
+        let mib = |n: usize| n << 20;
+        let any = plan.plugin_limits.for_plugin("any");
+        // Native plugins keep [plugins]'s limits, whatever the other languages get.
+        assert_eq!(any.native.memory_bytes, mib(16));
+        assert_eq!(any.native.max_idle, 8);
+        // JavaScript: the built-in defaults over [plugins].
+        assert_eq!(
+            any.javascript.memory_bytes,
+            mib(JAVASCRIPT_DEFAULTS.memory_limit_mb.unwrap() as usize)
+        );
+        assert_eq!(
+            any.javascript.max_idle,
+            JAVASCRIPT_DEFAULTS.max_idle_instances.unwrap()
+        );
+        // Python: the operator's table over the built-in defaults.
+        assert_eq!(any.python.memory_bytes, mib(96));
+        assert_eq!(
+            any.python.max_idle,
+            PYTHON_DEFAULTS.max_idle_instances.unwrap()
+        );
+        // One plugin's own table wins for every language its file may be.
+        let big = plan.plugin_limits.for_plugin("big");
+        for limits in [big.native, big.javascript, big.python] {
+            assert_eq!(limits.memory_bytes, mib(200));
+            assert_eq!(limits.max_instances, 3);
+        }
+        assert_eq!(big.native.max_idle, 8);
+        assert_eq!(plan.plugin_limits.for_plugin("other"), any);
+    }
+
+    #[test]
+    fn plugin_limit_tables_are_checked_with_their_key_paths() {
+        let text = format!(
+            "{UPSTREAM}[plugins.languages.javascript]\nmemory_limit_mb = 0\nmemory_mb = 1\n\
+             [plugins.limits.\"../x\"]\ntimeout_ms = 60001\n\
+             [plugins.limits.ok]\nmax_idle_instances = 0\n"
+        );
+        let found = problems(&text);
+        for expected in [
+            "plugins.languages.javascript.memory_limit_mb: must be between 1 and 4096",
+            "plugins.limits.../x: \"../x\" is not a plugin name (letters, digits, '-', '_')",
+            "plugins.limits.../x.timeout_ms: must be between 1 and 60000",
+        ] {
+            assert!(
+                found.iter().any(|f| f == expected),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("plugins.languages.javascript.memory_mb")),
+            "unknown keys are named: {found:#?}"
+        );
+        assert!(
+            !found.iter().any(|f| f.starts_with("plugins.limits.ok")),
+            "0 warm instances is allowed: {found:#?}"
         );
     }
 

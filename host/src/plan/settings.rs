@@ -3,7 +3,12 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{ClusterConfig, Config, PluginRef, Problem};
+use std::collections::BTreeMap;
+
+use crate::config::{
+    ClusterConfig, Config, PluginLimitOverrides, PluginRef, PluginsConfig, Problem,
+};
+use crate::plugins::call::{Limits, LimitsByLanguage};
 
 /// `[cluster]` compiled: what the gossip driver needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +191,150 @@ pub(super) fn check_plugin_refs(at: &str, refs: &[PluginRef], out: &mut Vec<Prob
                 ),
             ));
         }
+    }
+}
+
+/// The limits plugin calls run under, compiled from `[plugins]`,
+/// `[plugins.languages.*]` and `[plugins.limits.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimitsPlan {
+    /// For a plugin without its own table.
+    pub default: LimitsByLanguage,
+    /// `[plugins.limits.NAME]`, applied over the language's limits.
+    pub per_plugin: BTreeMap<String, LimitsByLanguage>,
+}
+
+impl PluginLimitsPlan {
+    /// The limits of plugin `name`, per language of the file that gets loaded.
+    pub fn for_plugin(&self, name: &str) -> LimitsByLanguage {
+        self.per_plugin.get(name).copied().unwrap_or(self.default)
+    }
+}
+
+/// Built-in limits for JavaScript plugins (componentize-js: SpiderMonkey and its
+/// heap in every instance), under `[plugins.languages.javascript]`. Measured in
+/// docs/PLUGINS.md ("Plugins in JavaScript and Python"): an instance of the example
+/// starts at 9 MiB of linear memory (Python: 13) and its heap grows with use, so
+/// 32 MiB is too tight for real work; an instance costs 25-60x a Rust one's resident
+/// memory, so fewer are kept warm (4: the calls a plugin may run at once).
+pub const JAVASCRIPT_DEFAULTS: PluginLimitOverrides = PluginLimitOverrides {
+    timeout_ms: None,
+    memory_limit_mb: Some(128),
+    max_idle_instances: Some(4),
+    max_concurrent_calls: None,
+    max_instances: Some(16),
+    max_idle_mb: Some(256),
+};
+
+/// Built-in limits for Python plugins (componentize-py: CPython and its heap in every
+/// instance), under `[plugins.languages.python]`; see [`JAVASCRIPT_DEFAULTS`].
+pub const PYTHON_DEFAULTS: PluginLimitOverrides = PluginLimitOverrides {
+    timeout_ms: None,
+    memory_limit_mb: Some(128),
+    max_idle_instances: Some(4),
+    max_concurrent_calls: None,
+    max_instances: Some(16),
+    max_idle_mb: Some(256),
+};
+
+/// `[plugins]`'s own limits (native plugins, and the base of the others).
+fn base_limits(p: &PluginsConfig) -> Limits {
+    Limits {
+        timeout_ms: p.timeout_ms,
+        memory_bytes: mib(p.memory_limit_mb),
+        max_idle: p.max_idle_instances,
+        max_concurrent: p.max_concurrent_calls,
+        max_instances: p.max_instances,
+        max_idle_bytes: mib(p.max_idle_mb),
+        max_body: p.max_body_bytes,
+    }
+}
+
+fn mib(mb: u64) -> usize {
+    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
+
+/// `limits` with the keys `over` sets replaced.
+fn overridden(limits: Limits, over: &PluginLimitOverrides) -> Limits {
+    Limits {
+        timeout_ms: over.timeout_ms.unwrap_or(limits.timeout_ms),
+        memory_bytes: over.memory_limit_mb.map_or(limits.memory_bytes, mib),
+        max_idle: over.max_idle_instances.unwrap_or(limits.max_idle),
+        max_concurrent: over.max_concurrent_calls.unwrap_or(limits.max_concurrent),
+        max_instances: over.max_instances.unwrap_or(limits.max_instances),
+        max_idle_bytes: over.max_idle_mb.map_or(limits.max_idle_bytes, mib),
+        max_body: limits.max_body,
+    }
+}
+
+/// Checks the overriding keys of one table (`at` is its key path).
+fn check_overrides(at: &str, over: &PluginLimitOverrides, out: &mut Vec<Problem>) {
+    let keys = [
+        ("timeout_ms", over.timeout_ms, 60_000),
+        ("memory_limit_mb", over.memory_limit_mb, 4096),
+        (
+            "max_idle_instances",
+            over.max_idle_instances.map(|v| v as u64),
+            256,
+        ),
+        (
+            "max_concurrent_calls",
+            over.max_concurrent_calls.map(|v| v as u64),
+            1024,
+        ),
+        ("max_instances", over.max_instances.map(|v| v as u64), 4096),
+        ("max_idle_mb", over.max_idle_mb, 65_536),
+    ];
+    for (key, value, max) in keys {
+        let Some(value) = value else { continue };
+        // max_idle_instances may be 0 (keep none warm); the others must allow a call.
+        let min = u64::from(key != "max_idle_instances");
+        if value < min || value > max {
+            out.push(Problem::new(
+                format!("{at}.{key}"),
+                format!("must be between {min} and {max}"),
+            ));
+        }
+    }
+}
+
+/// Compiles the limits of `[plugins]`, `[plugins.languages.*]` and
+/// `[plugins.limits.NAME]`: a plugin's own table, over its language's table, over the
+/// built-in language defaults, over `[plugins]`.
+pub(super) fn compile_plugin_limits(p: &PluginsConfig, out: &mut Vec<Problem>) -> PluginLimitsPlan {
+    check_overrides("plugins.languages.javascript", &p.languages.javascript, out);
+    check_overrides("plugins.languages.python", &p.languages.python, out);
+    let base = base_limits(p);
+    let default = LimitsByLanguage {
+        native: base,
+        javascript: overridden(
+            overridden(base, &JAVASCRIPT_DEFAULTS),
+            &p.languages.javascript,
+        ),
+        python: overridden(overridden(base, &PYTHON_DEFAULTS), &p.languages.python),
+    };
+    let mut per_plugin = BTreeMap::new();
+    for (name, over) in &p.limits {
+        let at = format!("plugins.limits.{name}");
+        if !is_plugin_name(name) {
+            out.push(Problem::new(
+                at.clone(),
+                format!("\"{name}\" is not a plugin name (letters, digits, '-', '_')"),
+            ));
+        }
+        check_overrides(&at, over, out);
+        per_plugin.insert(
+            name.clone(),
+            LimitsByLanguage {
+                native: overridden(default.native, over),
+                javascript: overridden(default.javascript, over),
+                python: overridden(default.python, over),
+            },
+        );
+    }
+    PluginLimitsPlan {
+        default,
+        per_plugin,
     }
 }
 

@@ -1,5 +1,7 @@
 //! What every plugin call runs under (its limits) and the ways it can fail.
 
+use super::language::Language;
+
 /// Limits every call of a pool's instances runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
@@ -29,6 +31,35 @@ impl Default for Limits {
             max_instances: 64,
             max_idle_bytes: 64 << 20,
             max_body: 1 << 20,
+        }
+    }
+}
+
+/// The limits of one chain entry for each language runtime a plugin file may carry:
+/// which one applies is known only when a file is loaded (`Language::detect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitsByLanguage {
+    pub native: Limits,
+    pub javascript: Limits,
+    pub python: Limits,
+}
+
+impl LimitsByLanguage {
+    /// The same limits whatever the language.
+    pub fn uniform(limits: Limits) -> Self {
+        Self {
+            native: limits,
+            javascript: limits,
+            python: limits,
+        }
+    }
+
+    /// The limits for a file of `language`.
+    pub fn get(&self, language: Language) -> Limits {
+        match language {
+            Language::Native => self.native,
+            Language::JavaScript => self.javascript,
+            Language::Python => self.python,
         }
     }
 }

@@ -197,7 +197,7 @@ impl Chain {
             let started = Instant::now();
             let result = step.pool.on_request(i, req).await;
             let answer = self.called(entry, Hook::OnRequest, started, result);
-            if let Some(Some(response)) = held(entry, answer).await? {
+            if let Some(Some(response)) = held(step, answer).await? {
                 return Ok(OnRequest::Respond { response, ran: i });
             }
         }
@@ -220,7 +220,7 @@ impl Chain {
             let entry = entries.get(step.index);
             let started = Instant::now();
             let result = step.pool.on_response(i, req, resp).await;
-            held(entry, self.called(entry, Hook::OnResponse, started, result)).await?;
+            held(step, self.called(entry, Hook::OnResponse, started, result)).await?;
         }
         Ok(())
     }
@@ -244,14 +244,12 @@ impl Chain {
 /// A refusal because the plugin is short-circuited is answered only after the
 /// plugin's time limit: held, not computed, so a flood at a broken plugin's route
 /// cannot turn into a free stream of errors that takes the worker from other routes.
-async fn held<R>(
-    entry: &ChainEntry,
-    outcome: Result<R, PluginFailure>,
-) -> Result<R, PluginFailure> {
+/// The time limit is the pool's: the one of the loaded file's language.
+async fn held<R>(step: &Step, outcome: Result<R, PluginFailure>) -> Result<R, PluginFailure> {
     if let Err(failure) = &outcome
         && failure.error == CallError::CircuitOpen
     {
-        tokio::time::sleep(Duration::from_millis(entry.limits.timeout_ms)).await;
+        tokio::time::sleep(Duration::from_millis(step.pool.limits().timeout_ms)).await;
     }
     outcome
 }

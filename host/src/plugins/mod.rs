@@ -8,6 +8,9 @@
 //! - `host_api`  the handles' methods and the host imports (log, kv, clock), bounded
 //!   per call
 //! - `kv`        the per-plugin key-value store behind the `kv-*` imports
+//! - `language`  the language runtime a component carries (its limits' defaults)
+//! - `check`     `fluxgate-host plugin check`: one file loaded, initialised and called
+//!   once per hook through the same registry and pools, without a gateway
 //! - `call`      the limits a call runs under and the ways it can fail
 //! - `gate`      per plugin: calls at once, instance and idle-memory budgets, breaker
 //! - `pool`      warm instances per plugin version and config; calls under limits
@@ -18,16 +21,19 @@
 pub mod bindings;
 pub mod call;
 pub mod chain;
+pub mod check;
 pub mod gate;
 pub mod host_api;
 pub mod kv;
+pub mod language;
 pub mod message;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod watch;
 
-pub use call::{CallError, Limits};
+pub use call::{CallError, Limits, LimitsByLanguage};
 pub use chain::{Chain, ChainCache, Entries, OnRequest, PluginFailure};
+pub use language::Language;
 pub use message::{RequestState, ResponseState};
 pub use registry::{ChainEntry, HostSettings, PluginHost};

@@ -48,6 +48,24 @@ impl Warm {
     }
 }
 
+/// Instances made by [`InstancePool::fresh_instances`], released when dropped.
+pub struct Instances(Vec<Warm>);
+
+impl Instances {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Linear memory the instances have grown to, in all.
+    pub fn memory_bytes(&self) -> usize {
+        self.0.iter().map(Warm::memory_bytes).sum()
+    }
+}
+
 /// Instances of one plugin version for one chain-entry config.
 pub struct InstancePool {
     pre: PluginPre<StoreState>,
@@ -97,6 +115,11 @@ impl InstancePool {
             idle: Mutex::new(Vec::new()),
             info: OnceLock::new(),
         }
+    }
+
+    /// The limits this pool's calls run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The hooks and bodies the plugin asked for (runs `init` on a fresh instance the
@@ -230,6 +253,21 @@ impl InstancePool {
                 .fetch_sub(warm.memory_bytes(), std::sync::atomic::Ordering::AcqRel);
             return Ok(warm);
         }
+        self.fresh().await
+    }
+
+    /// Makes `n` new instances (instantiated and initialised, as for a call) and holds
+    /// them until the result is dropped: what `plugin check --instances` measures.
+    pub async fn fresh_instances(&self, n: usize) -> Result<Instances, CallError> {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            held.push(self.fresh().await?);
+        }
+        Ok(Instances(held))
+    }
+
+    /// A new instance: instantiated, initialised, counted against the plugin's budget.
+    async fn fresh(&self) -> Result<Warm, CallError> {
         let slot = Slot::take(&self.gate, &self.limits)?;
         let state = StoreState::new(self.shared.clone(), self.limits.memory_bytes);
         let mut store = Store::new(&self.runtime.engine, state);

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::bindings::PluginPre;
-use super::call::{CallError, Limits};
+use super::call::{CallError, Limits, LimitsByLanguage};
 use super::gate::{BreakerLimits, PluginGate};
 use super::kv::KvStore;
+use super::language::Language;
 use super::pool::InstancePool;
-use super::runtime::{PluginShared, Runtime, StoreState};
+use super::runtime::{CompileError, PluginShared, Runtime, StoreState};
 use crate::balancer::stable_hash;
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::policy::breaker::BreakerState;
@@ -32,6 +33,8 @@ pub struct PluginVersion {
     pub version: u64,
     /// FNV-1a of the file, hex: tells which file is in force.
     pub digest: String,
+    /// The language runtime the file carries: which of an entry's limits apply.
+    pub language: Language,
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
     gate: Arc<PluginGate>,
@@ -60,12 +63,12 @@ impl PluginVersion {
 }
 
 /// A chain entry of a config snapshot: which plugin, with what config, under which
-/// limits. It remembers the pool it resolved to for the version it saw, so the request
+/// limits (per language: the file loaded decides). It remembers the pool it resolved to for the version it saw, so the request
 /// path needs no lookup until a new version is loaded.
 pub struct ChainEntry {
     pub name: Arc<str>,
     pub config_json: Arc<str>,
-    pub limits: Limits,
+    pub limits: LimitsByLanguage,
     pub metrics: PluginMetrics,
     resolved: ArcSwapOption<(Arc<PluginVersion>, Arc<InstancePool>)>,
 }
@@ -81,7 +84,12 @@ impl std::fmt::Debug for ChainEntry {
 }
 
 impl ChainEntry {
-    pub fn new(name: &str, config_json: String, limits: Limits, metrics: PluginMetrics) -> Self {
+    pub fn new(
+        name: &str,
+        config_json: String,
+        limits: LimitsByLanguage,
+        metrics: PluginMetrics,
+    ) -> Self {
         Self {
             metrics,
             name: Arc::from(name),
@@ -97,8 +105,11 @@ impl ChainEntry {
 pub enum LoadError {
     #[error("{0}")]
     Runtime(String),
-    #[error("{0}")]
-    Compile(String),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The compile task itself failed (panicked or was cancelled).
+    #[error("compile task failed: {0}")]
+    Task(String),
     #[error("init failed for every config it is used with, e.g. {config}: {error}")]
     Init { config: String, error: CallError },
     #[error("init fails for config {config}, which the loaded version accepts: {error}")]
@@ -123,6 +134,12 @@ impl LoadError {
 pub struct Compiled {
     name: Arc<str>,
     digest: String,
+    /// The language runtime the file carries.
+    pub language: Language,
+    /// How long compiling took.
+    pub compile_time: std::time::Duration,
+    /// The contract version it was built for (e.g. "0.2.0"), if it names one.
+    pub contract: Option<String>,
     pre: PluginPre<StoreState>,
     runtime: Arc<Runtime>,
 }
@@ -131,10 +148,14 @@ impl Compiled {
     /// Compiles `bytes` as plugin `name`. CPU-heavy: run it on the blocking pool.
     pub fn new(name: &str, bytes: &[u8]) -> Result<Self, LoadError> {
         let runtime = Runtime::get().map_err(LoadError::Runtime)?;
-        let pre = runtime.compile(bytes).map_err(LoadError::Compile)?;
+        let started = std::time::Instant::now();
+        let (pre, contract) = runtime.compile(bytes)?;
         Ok(Self {
+            contract,
             name: Arc::from(name),
             digest: digest(bytes),
+            language: Language::detect(bytes),
+            compile_time: started.elapsed(),
             pre,
             runtime,
         })
@@ -261,7 +282,7 @@ impl PluginHost {
         {
             return Ok(cached.1.clone());
         }
-        let pool = current.pool(&entry.config_json, entry.limits);
+        let pool = current.pool(&entry.config_json, entry.limits.get(current.language));
         entry
             .resolved
             .store(Some(Arc::new((current, pool.clone()))));
@@ -275,15 +296,17 @@ impl PluginHost {
     pub async fn install(
         &self,
         compiled: Compiled,
-        in_use: &[(Arc<str>, Limits)],
+        in_use: &[(Arc<str>, LimitsByLanguage)],
         metrics: &Metrics,
     ) -> Result<Arc<PluginVersion>, LoadError> {
         let name = compiled.name.clone();
+        let language = compiled.language;
         let (kv, gate) = self.per_plugin(&name);
         let version = Arc::new(PluginVersion {
             name: name.clone(),
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
             digest: compiled.digest,
+            language,
             pre: compiled.pre,
             shared: Arc::new(PluginShared {
                 name: name.clone(),
@@ -297,11 +320,15 @@ impl PluginHost {
         let previous = self.get(&name);
         let mut failures = Vec::new();
         for (config, limits) in in_use {
-            let Err(error) = version.pool(config, *limits).info().await else {
+            let Err(error) = version.pool(config, limits.get(language)).info().await else {
                 continue;
             };
             if let Some(previous) = &previous
-                && previous.pool(config, *limits).info().await.is_ok()
+                && previous
+                    .pool(config, limits.get(previous.language))
+                    .info()
+                    .await
+                    .is_ok()
             {
                 return Err(LoadError::Regression {
                     config: config.to_string(),

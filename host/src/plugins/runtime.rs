@@ -73,32 +73,60 @@ impl Runtime {
 
     /// Compiles a component and checks it against the plugin world: the contract
     /// version it was built for, its exports, and that every import is one we provide.
-    pub fn compile(&self, bytes: &[u8]) -> Result<PluginPre<StoreState>, String> {
+    /// Returns the contract version it imports (e.g. "0.2.0"), if any.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(PluginPre<StoreState>, Option<String>), CompileError> {
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| format!("not a valid component: {}", one_line(&format!("{e:#}"))))?;
-        check_contract(&self.engine, &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            format!(
-                "does not fit the fluxgate:plugin world: {}",
-                one_line(&format!("{e:#}"))
-            )
-        })?;
-        PluginPre::new(pre).map_err(|e| {
-            format!(
-                "does not fit the fluxgate:plugin world: {}",
-                one_line(&format!("{e:#}"))
-            )
-        })
+            .map_err(|e| CompileError::NotAComponent(one_line(&format!("{e:#}"))))?;
+        let contract = check_contract(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| CompileError::WrongWorld(one_line(&format!("{e:#}"))))?;
+        let pre = PluginPre::new(pre)
+            .map_err(|e| CompileError::WrongWorld(one_line(&format!("{e:#}"))))?;
+        Ok((pre, contract))
     }
 }
 
-/// Refuses a component built for another version of the contract, naming both.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+/// Why a file cannot be a plugin of this gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// Not a WebAssembly component (a core module, a truncated file, ...).
+    #[error("not a valid component: {0}")]
+    NotAComponent(String),
+    /// Built for another version of the contract.
+    #[error(
+        "built for {CONTRACT_PACKAGE}@{found}; this gateway loads {CONTRACT_MAJOR_MINOR}.x: rebuild with fluxgate-sdk {CONTRACT_MAJOR_MINOR}"
+    )]
+    Contract { found: String },
+    /// A component, but not of the plugin world (missing exports, unknown imports).
+    #[error("does not fit the fluxgate:plugin world: {0}")]
+    WrongWorld(String),
+}
+
+impl CompileError {
+    /// Label for `plugin check` and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CompileError::NotAComponent(_) => "not_a_component",
+            CompileError::Contract { .. } => "contract_version",
+            CompileError::WrongWorld(_) => "wrong_world",
+        }
+    }
+}
+
+/// Refuses a component built for another version of the contract, naming both; else
+/// the version it was built for, if it names one.
+fn check_contract(engine: &Engine, component: &Component) -> Result<Option<String>, CompileError> {
     let ty = component.component_type();
     let names = ty
         .imports(engine)
         .map(|(name, _)| name)
         .chain(ty.exports(engine).map(|(name, _)| name));
+    let mut found = None;
     for name in names {
         let Some(rest) = name.strip_prefix(CONTRACT_PACKAGE) else {
             continue;
@@ -108,12 +136,13 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> 
         };
         let major_minor: String = version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
         if major_minor != CONTRACT_MAJOR_MINOR {
-            return Err(format!(
-                "built for {CONTRACT_PACKAGE}@{version}; this gateway loads {CONTRACT_MAJOR_MINOR}.x: rebuild with fluxgate-sdk {CONTRACT_MAJOR_MINOR}"
-            ));
+            return Err(CompileError::Contract {
+                found: version.to_owned(),
+            });
         }
+        found = Some(version.to_owned());
     }
-    Ok(())
+    Ok(found)
 }
 
 /// A wasmtime error (often several lines of backtrace) as one log line.

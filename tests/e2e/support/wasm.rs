@@ -43,3 +43,32 @@ pub fn plugin(crate_name: &str) -> Vec<u8> {
     let path = built().join(format!("{crate_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The JavaScript or Python example plugin `name` ("js-canary", "py-allowlist"), built
+/// into a component by plugins/build-lang.sh — once per run: the script keeps a
+/// component newer than its sources (scripts/test.sh builds them before the tests).
+pub fn lang_plugin(name: &str) -> Vec<u8> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let output = Command::new("bash")
+            .arg(workspace().join("build-lang.sh"))
+            .arg(name)
+            .output()
+            .expect("run plugins/build-lang.sh");
+        assert!(
+            output.status.success(),
+            "building {name} failed (scripts/test.sh installs Node/npm and Python packages):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        built.push(name.to_owned());
+    }
+    let path = workspace().join(format!("target/lang/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The plugins workspace's target folder (its compiled dependencies).
+pub fn plugins_target_dir() -> PathBuf {
+    workspace().join("target")
+}
