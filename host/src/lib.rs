@@ -48,6 +48,7 @@ pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod h1;
 pub mod headers;
 pub mod launch;
 pub mod memory;
@@ -68,7 +69,9 @@ pub mod sockets;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod upgrade;
 pub mod user_id;
+pub mod worker;
 pub mod websocket;
 
 use std::future::Future;

@@ -83,6 +83,20 @@ pub fn handle(
     exchange(gateway, req.map(GatewayBody::streamed), peer)
 }
 
+/// Handles one request read by our HTTP/1.1 codec (its body already a `GatewayBody`).
+pub fn handle_request(
+    gateway: Arc<Gateway>,
+    req: Request<GatewayBody>,
+    peer: Peer,
+) -> impl Future<Output = Response<ObservedBody>> + Send {
+    async move {
+        match exchange(gateway, req, peer).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// One request's whole life: its accounting begins, the phases run, the outcome is
 /// finished into the response.
 async fn exchange(

@@ -2,10 +2,11 @@
 //! when `server.h2c` is on) and the TLS listener (HTTP/1.1 or HTTP/2 chosen by ALPN),
 //! and a graceful drain on shutdown.
 //!
-//! - `http1`  one HTTP/1.1 connection: limits, the slowloris 408, upgrades
+//! - `fast`   one HTTP/1.1 connection (plain or TLS) on our codec: limits, framing
+//!            rules, the slowloris 408, pipelining, 100-continue, upgrades
 //! - `http2`  one HTTP/2 connection: stream and header limits, reset-flood guards
 
-mod http1;
+mod fast;
 mod http2;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+use crate::h1::stream::Stream;
 use crate::peer::Peer;
 use crate::tls::{Terminator, TlsListener};
 
@@ -112,7 +114,7 @@ async fn plain_connection(
     if h2c && starts_with_h2_preface(&stream, wait).await {
         return http2::serve(stream, peer, gateway, draining).await;
     }
-    http1::serve(stream, peer, gateway, draining).await;
+    fast::serve(Stream::Tcp(stream), peer, gateway, draining).await;
 }
 
 /// Peeks (without consuming) whether the client's first bytes are the HTTP/2 preface.
@@ -148,6 +150,6 @@ async fn tls_connection(
         Some(b"h2") => http2::serve(stream, peer, gateway, draining).await,
         // The ACME tls-alpn-01 validation only needs the handshake.
         Some(crate::tls::ACME_TLS_ALPN) => {}
-        _ => http1::serve(stream, peer, gateway, draining).await,
+        _ => fast::serve(Stream::ServerTls(Box::new(stream)), peer, gateway, draining).await,
     }
 }
