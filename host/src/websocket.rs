@@ -9,8 +9,8 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::forward::{self, Prepared, UpstreamRecord};
 use crate::gateway::{Gateway, Route};
+use crate::http_upgrade::{ClientUpgrade, Upgraded};
 use crate::peer::Peer;
-use crate::upgrade::{ClientUpgrade, Upgraded};
 
 /// Is this an HTTP/1.1 `Upgrade: websocket` request?
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {

@@ -42,7 +42,9 @@ pub enum Decoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of the next size (`digits` so far).
-    Size { digits: usize },
+    Size {
+        digits: usize,
+    },
     /// In the chunk extension after `;`.
     Extension,
     /// Read CR of the size line; LF must follow.
@@ -287,7 +289,8 @@ mod tests {
             assert_eq!(body, b"hello world", "step {step}");
             assert!(trailers.is_none());
         }
-        let (body, trailers) = decode_all(b"A\r\n0123456789\r\n0\r\nx-sum: 1\r\ny: 2\r\n\r\n", 4).unwrap();
+        let (body, trailers) =
+            decode_all(b"A\r\n0123456789\r\n0\r\nx-sum: 1\r\ny: 2\r\n\r\n", 4).unwrap();
         assert_eq!(body, b"0123456789");
         let trailers = trailers.unwrap();
         assert_eq!(trailers["x-sum"], "1");
@@ -308,13 +311,27 @@ mod tests {
             (b"5;a\x01b\r\nhello\r\n0\r\n\r\n", ChunkError::BadExtension),
         ];
         for (input, expected) in cases {
-            assert_eq!(decode_all(input, 3).unwrap_err(), expected, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                decode_all(input, 3).unwrap_err(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
         let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(2000));
-        assert_eq!(decode_all(long_ext.as_bytes(), 64).unwrap_err(), ChunkError::BadExtension);
+        assert_eq!(
+            decode_all(long_ext.as_bytes(), 64).unwrap_err(),
+            ChunkError::BadExtension
+        );
         let big_trailer = format!("0\r\nx: {}\r\n\r\n", "a".repeat(20_000));
-        assert_eq!(decode_all(big_trailer.as_bytes(), 1000).unwrap_err(), ChunkError::BadTrailers);
-        assert_eq!(decode_all(b"0\r\nx: 1\ny: 2\r\n\r\n", 50).unwrap_err(), ChunkError::BadTrailers);
+        assert_eq!(
+            decode_all(big_trailer.as_bytes(), 1000).unwrap_err(),
+            ChunkError::BadTrailers
+        );
+        assert_eq!(
+            decode_all(b"0\r\nx: 1\ny: 2\r\n\r\n", 50).unwrap_err(),
+            ChunkError::BadTrailers
+        );
     }
 
     #[test]

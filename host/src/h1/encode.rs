@@ -140,21 +140,47 @@ mod tests {
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("connection", HeaderValue::from_static("x-a"));
         let mut out = BytesMut::new();
-        response_head(StatusCode::OK, &headers, Framing::Length(12), Some("close"), b"Tue, 01 Dec 2026 00:00:00 GMT", &mut out);
+        response_head(
+            StatusCode::OK,
+            &headers,
+            Framing::Length(12),
+            Some("close"),
+            b"Tue, 01 Dec 2026 00:00:00 GMT",
+            &mut out,
+        );
         assert_eq!(
             &out[..],
             &b"HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"[..]
         );
         let mut out = BytesMut::new();
-        request_head(&Method::POST, "/p?q", Some(b"up:80"), &headers, Framing::Chunked, &mut out);
+        request_head(
+            &Method::POST,
+            "/p?q",
+            Some(b"up:80"),
+            &headers,
+            Framing::Chunked,
+            &mut out,
+        );
         let text = String::from_utf8(out.to_vec()).unwrap();
-        assert!(text.starts_with("POST /p?q HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n"), "{text}");
-        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+        assert!(
+            text.starts_with("POST /p?q HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("999"));
         let mut out = BytesMut::new();
         response_head(StatusCode::OK, &headers, Framing::None, None, b"", &mut out);
-        assert!(String::from_utf8_lossy(&out).contains("content-length: 999"), "HEAD answers keep theirs");
+        assert!(
+            String::from_utf8_lossy(&out).contains("content-length: 999"),
+            "HEAD answers keep theirs"
+        );
         assert_eq!(&itoa_buf(0).as_bytes_mut()[..], b"0");
-        assert_eq!(&itoa_buf(u64::MAX).as_bytes_mut()[..], b"18446744073709551615");
+        assert_eq!(
+            &itoa_buf(u64::MAX).as_bytes_mut()[..],
+            b"18446744073709551615"
+        );
     }
 }

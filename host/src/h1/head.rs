@@ -208,7 +208,10 @@ fn field_spans(fields: &[httparse::Header<'_>], base: usize) -> Vec<(usize, usiz
 }
 
 /// The fields as a HeaderMap whose values share the head's bytes.
-fn header_map(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, HeadError> {
+fn header_map(
+    head: &Bytes,
+    spans: &[(usize, usize, usize, usize)],
+) -> Result<HeaderMap, HeadError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     for &(name_at, name_len, value_at, value_len) in spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
@@ -332,8 +335,14 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
     &bytes[start..end.max(start)]
 }
 
@@ -491,10 +500,16 @@ mod tests {
         assert!(parse_request(&mut buf, &LIMITS).unwrap().is_none());
         let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20_000));
         let mut buf = BytesMut::from(long_target.as_bytes());
-        assert_eq!(parse_request(&mut buf, &LIMITS).unwrap_err(), HeadError::UriTooLong);
+        assert_eq!(
+            parse_request(&mut buf, &LIMITS).unwrap_err(),
+            HeadError::UriTooLong
+        );
         let fat = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(20_000));
         let mut buf = BytesMut::from(fat.as_bytes());
-        assert_eq!(parse_request(&mut buf, &LIMITS).unwrap_err(), HeadError::HeadTooLarge);
+        assert_eq!(
+            parse_request(&mut buf, &LIMITS).unwrap_err(),
+            HeadError::HeadTooLarge
+        );
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(request(&text).unwrap_err(), HeadError::TooManyHeaders);
@@ -504,11 +519,27 @@ mod tests {
     fn content_length_must_be_digits_and_agree() {
         let ok = request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert_eq!(ok.body, BodyFraming::Length(5));
-        let same = request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+        let same = request(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(same.body, BodyFraming::Length(5));
-        for bad in ["+5", "-1", "5 5", "0x5", "", "5,6", "99999999999999999999", "5a"] {
+        for bad in [
+            "+5",
+            "-1",
+            "5 5",
+            "0x5",
+            "",
+            "5,6",
+            "99999999999999999999",
+            "5a",
+        ] {
             let text = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
-            assert_eq!(request(&text).unwrap_err(), HeadError::BadContentLength, "{bad:?}");
+            assert_eq!(
+                request(&text).unwrap_err(),
+                HeadError::BadContentLength,
+                "{bad:?}"
+            );
         }
         let differ = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
         assert_eq!(request(differ).unwrap_err(), HeadError::BadContentLength);
@@ -516,18 +547,31 @@ mod tests {
 
     #[test]
     fn transfer_encoding_must_end_in_chunked_and_wins_over_a_length() {
-        let chunked = request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let chunked =
+            request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(chunked.body, BodyFraming::Chunked);
-        let both = request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let both = request(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(both.body, BodyFraming::Chunked);
         assert!(both.close_after && !both.keep_alive);
         assert!(!both.headers.contains_key("content-length"));
         let cases = [
             ("Transfer-Encoding: gzip", HeadError::NotChunked),
             ("Transfer-Encoding: chunked, gzip", HeadError::NotChunked),
-            ("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity", HeadError::NotChunked),
-            ("Transfer-Encoding: gzip, chunked", HeadError::UnsupportedCoding),
-            ("Transfer-Encoding: chunked, chunked", HeadError::UnsupportedCoding),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+                HeadError::NotChunked,
+            ),
+            (
+                "Transfer-Encoding: gzip, chunked",
+                HeadError::UnsupportedCoding,
+            ),
+            (
+                "Transfer-Encoding: chunked, chunked",
+                HeadError::UnsupportedCoding,
+            ),
             ("Transfer-Encoding: ,chunked", HeadError::NotChunked),
             ("Transfer-Encoding: xchunked", HeadError::NotChunked),
         ];
@@ -536,19 +580,43 @@ mod tests {
             assert_eq!(request(&text).unwrap_err(), expected, "{field}");
         }
         let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(request(old).unwrap_err(), HeadError::TransferEncodingOnHttp10);
+        assert_eq!(
+            request(old).unwrap_err(),
+            HeadError::TransferEncodingOnHttp10
+        );
     }
 
     #[test]
     fn bare_lf_folding_and_host_rules() {
-        assert_eq!(request("GET / HTTP/1.1\nHost: x\r\n\r\n").unwrap_err(), HeadError::BareLf);
-        assert_eq!(request("GET / HTTP/1.1\r\nHost: x\n\r\n").unwrap_err(), HeadError::BareLf);
-        assert_eq!(request("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n").unwrap_err(), HeadError::Malformed);
-        assert_eq!(request("GET / HTTP/1.1\r\n\r\n").unwrap_err(), HeadError::BadHost);
-        assert_eq!(request("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), HeadError::BadHost);
+        assert_eq!(
+            request("GET / HTTP/1.1\nHost: x\r\n\r\n").unwrap_err(),
+            HeadError::BareLf
+        );
+        assert_eq!(
+            request("GET / HTTP/1.1\r\nHost: x\n\r\n").unwrap_err(),
+            HeadError::BareLf
+        );
+        assert_eq!(
+            request("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
+        );
+        assert_eq!(
+            request("GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            HeadError::BadHost
+        );
+        assert_eq!(
+            request("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
+            HeadError::BadHost
+        );
         assert!(request("GET / HTTP/1.0\r\n\r\n").is_ok());
-        assert_eq!(request("GET / HTTP/1.1\r\nHost : x\r\n\r\n").unwrap_err(), HeadError::Malformed);
-        assert_eq!(request("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(), HeadError::Malformed);
+        assert_eq!(
+            request("GET / HTTP/1.1\r\nHost : x\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
+        );
+        assert_eq!(
+            request("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
+        );
     }
 
     #[test]
@@ -559,7 +627,10 @@ mod tests {
         assert!(!old.keep_alive);
         let old_ka = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
         assert!(old_ka.keep_alive);
-        let expect = request("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap();
+        let expect = request(
+            "PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
+        )
+        .unwrap();
         assert!(expect.expect_continue);
     }
 
@@ -568,15 +639,27 @@ mod tests {
         let get = Method::GET;
         let r = response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &get).unwrap();
         assert_eq!((r.body, r.keep_alive), (ResponseFraming::Length(3), true));
-        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &Method::HEAD).unwrap();
+        let r = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap();
         assert_eq!(r.body, ResponseFraming::Empty);
         for status in [204, 304] {
-            let r = response(&format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\n"), &get).unwrap();
+            let r = response(
+                &format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\n"),
+                &get,
+            )
+            .unwrap();
             assert_eq!(r.body, ResponseFraming::Empty, "{status}");
         }
         let r = response("HTTP/1.1 200 OK\r\n\r\n", &get).unwrap();
         assert_eq!((r.body, r.keep_alive), (ResponseFraming::UntilClose, false));
-        let r = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n", &get).unwrap();
+        let r = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            &get,
+        )
+        .unwrap();
         assert_eq!(r.body, ResponseFraming::Chunked);
         assert!(!r.headers.contains_key("content-length"));
         let r = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &get).unwrap();
@@ -584,9 +667,16 @@ mod tests {
         let r = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get).unwrap();
         assert!(!r.keep_alive);
         assert_eq!(
-            response("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &get).unwrap_err(),
+            response(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                &get
+            )
+            .unwrap_err(),
             HeadError::BadContentLength
         );
-        assert_eq!(response("HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\n", &get).unwrap_err(), HeadError::BareLf);
+        assert_eq!(
+            response("HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\n", &get).unwrap_err(),
+            HeadError::BareLf
+        );
     }
 }

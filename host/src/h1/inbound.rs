@@ -84,7 +84,10 @@ impl Inbound {
     }
 
     /// The next frame of the request body.
-    pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    pub fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if matches!(self.body, BodyRead::Done) {
             return Poll::Ready(None);
         }
@@ -199,7 +202,10 @@ impl ClientBody {
         }
     }
 
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.ended {
             return Poll::Ready(None);
         }

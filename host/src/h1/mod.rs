@@ -20,6 +20,6 @@ pub mod stream;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use head::{
-    BodyFraming, HeadError, HeadLimits, RequestHead, ResponseFraming, ResponseHead,
-    parse_request, parse_response,
+    BodyFraming, HeadError, HeadLimits, RequestHead, ResponseFraming, ResponseHead, parse_request,
+    parse_response,
 };

@@ -50,7 +50,10 @@ impl Outbound {
         let mut probe = ReadBuf::new(&mut probe);
         // Readable while idle: end of stream, a TLS close_notify, or stray bytes; the
         // connection cannot carry a request either way.
-        !matches!(self.stream.tcp().poll_peek(&mut cx, &mut probe), Poll::Pending)
+        !matches!(
+            self.stream.tcp().poll_peek(&mut cx, &mut probe),
+            Poll::Pending
+        )
     }
 }
 
@@ -74,7 +77,9 @@ impl std::fmt::Debug for TargetPool {
 impl TargetPool {
     pub fn new(workers: usize, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
-            lists: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            lists: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             max_idle,
             idle_timeout,
         }
@@ -181,7 +186,10 @@ impl UpstreamBody {
         }
     }
 
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);

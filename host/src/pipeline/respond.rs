@@ -11,7 +11,10 @@ use crate::policy::rate_limit_headers;
 
 /// Phase 10 — response edits: hop-by-hop headers removed, the route's response header
 /// edits applied; the body streams on untouched.
-pub(super) fn edit_response(route: &Route, response: Response<GatewayBody>) -> Response<GatewayBody> {
+pub(super) fn edit_response(
+    route: &Route,
+    response: Response<GatewayBody>,
+) -> Response<GatewayBody> {
     let mut response = response;
     route.edit_response_headers(response.headers_mut());
     response

@@ -35,9 +35,9 @@ use crate::h1::encode::{self, Framing};
 use crate::h1::head::{self, HeadLimits, RequestHead};
 use crate::h1::inbound::{ClientBody, Inbound, READ_CHUNK, SharedInbound, lock};
 use crate::h1::stream::{Stream, poll_fill, poll_write_all};
+use crate::http_upgrade::{ClientUpgrade, Upgraded};
 use crate::peer::Peer;
 use crate::pipeline;
-use crate::upgrade::{ClientUpgrade, Upgraded};
 
 /// A body chunk up to this size is copied behind its head and sent in the same write.
 const COALESCE: usize = 16 * 1024;
@@ -100,7 +100,15 @@ pub(super) async fn serve(
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(upgrade_to) = upgrade_to {
-                let written = write_response(&conn, &mut out, response, method_is_head, client_version, true).await;
+                let written = write_response(
+                    &conn,
+                    &mut out,
+                    response,
+                    method_is_head,
+                    client_version,
+                    true,
+                )
+                .await;
                 if written.is_ok() {
                     hand_over(conn, upgrade_to);
                 }
@@ -108,8 +116,15 @@ pub(super) async fn serve(
             }
             keep_alive = false;
         }
-        let written =
-            write_response(&conn, &mut out, response, method_is_head, client_version, keep_alive).await;
+        let written = write_response(
+            &conn,
+            &mut out,
+            response,
+            method_is_head,
+            client_version,
+            keep_alive,
+        )
+        .await;
         match written {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
@@ -235,7 +250,11 @@ async fn finish_body(conn: &SharedInbound) -> bool {
 
 /// Writes a refusal made before any routing (a malformed head, a slow one) with
 /// `connection: close`.
-async fn write_refusal(conn: &SharedInbound, out: &mut BytesMut, error: GatewayError) -> io::Result<()> {
+async fn write_refusal(
+    conn: &SharedInbound,
+    out: &mut BytesMut,
+    error: GatewayError,
+) -> io::Result<()> {
     let response = error.into_response();
     let (parts, body) = response.into_parts();
     let data = match body {
@@ -244,7 +263,14 @@ async fn write_refusal(conn: &SharedInbound, out: &mut BytesMut, error: GatewayE
     };
     out.clear();
     crate::worker::http_date(|date| {
-        encode::response_head(parts.status, &parts.headers, Framing::Length(data.len() as u64), Some("close"), date, out)
+        encode::response_head(
+            parts.status,
+            &parts.headers,
+            Framing::Length(data.len() as u64),
+            Some("close"),
+            date,
+            out,
+        )
     });
     out.extend_from_slice(&data);
     write_all(conn, out).await?;

@@ -199,7 +199,9 @@ impl H1Client {
             return Ok(Outbound::new(Stream::Tcp(tcp)));
         }
         let Some(tls) = &self.tls else {
-            return Err(SendError::Tls("no TLS settings for an https:// target".into()));
+            return Err(SendError::Tls(
+                "no TLS settings for an https:// target".into(),
+            ));
         };
         let name = match &tls.server_name {
             Some(name) => name.clone(),
@@ -239,7 +241,14 @@ async fn exchange(
     };
     conn.out.clear();
     let host: Option<&[u8]> = parts.uri.authority().map(|a| a.as_str().as_bytes());
-    encode::request_head(&parts.method, target, host, &parts.headers, framing, &mut conn.out);
+    encode::request_head(
+        &parts.method,
+        target,
+        host,
+        &parts.headers,
+        framing,
+        &mut conn.out,
+    );
     send_body(conn, body, framing).await?;
     read_answer_head(conn, &parts.method).await
 }
@@ -250,7 +259,11 @@ fn method_sends_length(method: &Method) -> bool {
 }
 
 /// The head in `conn.out`, then the body: small ones in the same write.
-async fn send_body(conn: &mut Outbound, body: GatewayBody, framing: Framing) -> Result<(), Failure> {
+async fn send_body(
+    conn: &mut Outbound,
+    body: GatewayBody,
+    framing: Framing,
+) -> Result<(), Failure> {
     let io_err = |e: io::Error| Failure::BeforeAnswer(SendError::Io(e));
     let mut body = std::pin::pin!(body);
     let chunked = framing == Framing::Chunked;
@@ -303,7 +316,10 @@ async fn send_body(conn: &mut Outbound, body: GatewayBody, framing: Framing) -> 
 }
 
 /// Reads until an answer head is complete.
-async fn read_answer_head(conn: &mut Outbound, method: &Method) -> Result<head::ResponseHead, Failure> {
+async fn read_answer_head(
+    conn: &mut Outbound,
+    method: &Method,
+) -> Result<head::ResponseHead, Failure> {
     let mut answered = false;
     loop {
         if !conn.buf.is_empty() {
