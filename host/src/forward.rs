@@ -403,7 +403,10 @@ fn hyper_failure(
                 tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
                 GatewayError::UpstreamTls { upstream }
             }
-            None => GatewayError::UpstreamConnect { upstream },
+            None => {
+                tracing::debug!(error = ?e, upstream = %group.name, target = %target.url, "could not connect to the upstream target");
+                GatewayError::UpstreamConnect { upstream }
+            }
         };
     }
     tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");

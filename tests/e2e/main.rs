@@ -8,9 +8,11 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_interop;
 mod cluster_limits;
 mod discovery;
 mod framing;
+mod http2;
 mod plugin_safety;
 mod plugins;
 mod policies;
