@@ -151,7 +151,9 @@ impl H1Client {
         loop {
             let (mut conn, reused) = match pool.take().filter(|_| !fresh_only) {
                 Some(conn) => (conn, true),
-                None => (self.connect(addr).await?, false),
+                // Boxed: connecting is the rare path, and inline its future (TCP + TLS
+                // handshake) would grow every request's future by kilobytes.
+                None => (Box::pin(self.connect(addr)).await?, false),
             };
             let attempt_body = match (&replay, body.take()) {
                 (Some(bytes), _) if reused || fresh_only => GatewayBody::full(bytes.clone()),
