@@ -165,6 +165,18 @@ impl UpstreamBody {
         body
     }
 
+    /// The body of a 101 answer: none, and the connection kept for the tunnel (never
+    /// pooled, whatever the answer's head says about keep-alive).
+    pub fn switching(conn: Box<Outbound>) -> Self {
+        Self {
+            conn: Some(conn),
+            left: Left::Done,
+            reusable: false,
+            pool: None,
+            length: Some(0),
+        }
+    }
+
     /// The connection, for a 101 answer: the tunnel takes it over (with any bytes the
     /// target already sent after its head).
     pub fn into_upgraded(mut self) -> Option<(Stream, Bytes)> {

@@ -93,7 +93,14 @@ pub(super) async fn serve(
         let mut keep_alive = head.keep_alive;
         lock(&conn).begin_body(head.body, head.expect_continue);
         let (req, upgrade_to) = request(head, &conn, wants_upgrade);
-        let response = pipeline::handle_request(gateway.clone(), req, peer.clone()).await;
+        let handled = pipeline::handle_request(gateway.clone(), req, peer.clone());
+        let response = tokio::select! {
+            biased;
+            response = handled => response,
+            // The request's future is dropped: its log records 499, its upstream
+            // connection closes.
+            () = client_gone(&conn) => break,
+        };
         let status = response.status();
         if *draining.borrow() {
             keep_alive = false;
@@ -179,6 +186,31 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Read ahead of the current request at most this much (pipelined requests).
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Resolves when the client closes its connection (or it breaks) while its request is
+/// handled, as hyper's server does without half-close support. Watched only once the
+/// request body was read: until then the body's reader owns the read side. Bytes that
+/// arrive meanwhile (pipelined requests) stay in the buffer for the next head.
+async fn client_gone(conn: &SharedInbound) {
+    poll_fn(|cx| {
+        let mut io = lock(conn);
+        loop {
+            if !io.body_done() || io.buf.len() >= READ_AHEAD {
+                return Poll::Pending;
+            }
+            let io = &mut *io;
+            match poll_fill(&mut io.stream, &mut io.buf, READ_CHUNK, cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
 }
 
 /// The request the pipeline gets: the head as parsed, the body read off this

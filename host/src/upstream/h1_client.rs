@@ -165,9 +165,12 @@ impl H1Client {
             match exchanged {
                 Ok(head) => {
                     conn.uses += 1;
-                    let mut response = Response::new(GatewayBody::Upstream {
-                        body: UpstreamBody::new(conn, head.body, head.keep_alive, pool.clone()),
-                    });
+                    let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        UpstreamBody::switching(conn)
+                    } else {
+                        UpstreamBody::new(conn, head.body, head.keep_alive, pool.clone())
+                    };
+                    let mut response = Response::new(GatewayBody::Upstream { body });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
                     *response.headers_mut() = head.headers;
