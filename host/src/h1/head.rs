@@ -162,7 +162,8 @@ pub fn parse_request(
     let base = buf.as_ptr() as usize;
     let target_at = target.as_ptr() as usize - base;
     let target_len = target.len();
-    let spans = field_spans(req.headers, base);
+    let (mut stack_spans, mut heap_spans) = ([(0, 0, 0, 0); STACK_SPANS], Vec::new());
+    let spans = field_spans(req.headers, base, &mut stack_spans, &mut heap_spans);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
         .map_err(|_| HeadError::BadTarget)?;
@@ -195,24 +196,44 @@ fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
-/// Where each field's name and value sit in the buffer (offsets from `base`).
-fn field_spans(fields: &[httparse::Header<'_>], base: usize) -> Vec<(usize, usize, usize, usize)> {
-    fields
-        .iter()
-        .map(|f| {
-            let name_at = f.name.as_ptr() as usize - base;
-            let value_at = f.value.as_ptr() as usize - base;
-            (name_at, f.name.len(), value_at, f.value.len())
-        })
-        .collect()
+/// Field positions kept on the stack while a head is split off its buffer.
+const STACK_SPANS: usize = 32;
+
+/// Fields the gateway may add to a parsed head.
+const ADDED_FIELDS: usize = 8;
+
+/// Where a field's name and value sit in the buffer (offsets from its start).
+type Span = (usize, usize, usize, usize);
+
+/// Where each field's name and value sit in the buffer (offsets from `base`): on the
+/// stack for up to `STACK_SPANS` fields (every common head), else on the heap.
+fn field_spans<'s>(
+    fields: &[httparse::Header<'_>],
+    base: usize,
+    stack: &'s mut [Span; STACK_SPANS],
+    heap: &'s mut Vec<Span>,
+) -> &'s [Span] {
+    let span = |f: &httparse::Header<'_>| {
+        let name_at = f.name.as_ptr() as usize - base;
+        let value_at = f.value.as_ptr() as usize - base;
+        (name_at, f.name.len(), value_at, f.value.len())
+    };
+    if fields.len() <= STACK_SPANS {
+        for (slot, f) in stack.iter_mut().zip(fields) {
+            *slot = span(f);
+        }
+        &stack[..fields.len()]
+    } else {
+        heap.extend(fields.iter().map(span));
+        heap
+    }
 }
 
 /// The fields as a HeaderMap whose values share the head's bytes.
-fn header_map(
-    head: &Bytes,
-    spans: &[(usize, usize, usize, usize)],
-) -> Result<HeaderMap, HeadError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
+    // Room for the fields the gateway adds (X-Forwarded-*, Via, request id, Date...)
+    // without the map growing (a grow is two allocations).
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
     for &(name_at, name_len, value_at, value_len) in spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed)?;
@@ -415,7 +436,8 @@ pub fn parse_response(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Malformed)?;
     let base = buf.as_ptr() as usize;
-    let spans = field_spans(res.headers, base);
+    let (mut stack_spans, mut heap_spans) = ([(0, 0, 0, 0); STACK_SPANS], Vec::new());
+    let spans = field_spans(res.headers, base, &mut stack_spans, &mut heap_spans);
     let head = buf.split_to(len).freeze();
     let mut headers = header_map(&head, &spans)?;
     let connection = tokens(&headers, header::CONNECTION);

@@ -134,11 +134,7 @@ impl H1Client {
         req: Request<GatewayBody>,
     ) -> Result<Response<GatewayBody>, SendError> {
         let (parts, body) = req.into_parts();
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // A body known in full can be sent again on a new connection.
         let replay: Option<Bytes> = match &body {
             GatewayBody::Empty => Some(Bytes::new()),
@@ -161,7 +157,7 @@ impl H1Client {
                 (Some(bytes), None) => GatewayBody::full(bytes.clone()),
                 (None, None) => GatewayBody::empty(),
             };
-            let exchanged = exchange(&mut conn, &parts, &target, attempt_body).await;
+            let exchanged = exchange(&mut conn, &parts, target, attempt_body).await;
             match exchanged {
                 Ok(head) => {
                     conn.uses += 1;
