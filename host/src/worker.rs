@@ -24,6 +24,14 @@ pub fn count() -> usize {
     COUNT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The workers `server.workers` asks for: 0 means one per available core.
+pub fn resolve(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Sets the number of workers (at startup, before pools are made).
 pub fn set_count(count: usize) {
     COUNT.store(count.max(1), std::sync::atomic::Ordering::Relaxed);

@@ -5,9 +5,11 @@
 //! - `fast`   one HTTP/1.1 connection (plain or TLS) on our codec: limits, framing
 //!            rules, the slowloris 408, pipelining, 100-continue, upgrades
 //! - `http2`  one HTTP/2 connection: stream and header limits, reset-flood guards
+//! - `workers` workers 1..N: a thread, a current-thread runtime and a listener each
 
 mod fast;
 mod http2;
+mod workers;
 
 use std::future::Future;
 use std::io;
@@ -34,8 +36,26 @@ pub struct Listeners {
 }
 
 /// Serves the listeners until `shutdown` completes, then stops accepting and waits up
-/// to `server.shutdown_grace_ms` for in-flight requests before returning.
+/// to `server.shutdown_grace_ms` for in-flight requests before returning. This loop is
+/// worker 0; with `server.workers` > 1 the others start beside it and drain with it.
 pub async fn serve(
+    listeners: Listeners,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let extra = workers::spawn(&listeners, &gateway, crate::worker::count(), &stopping)?;
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let served = serve_loop(listeners, gateway, shutdown).await;
+    extra.finished().await;
+    served
+}
+
+/// One worker's accept loop, then its drain.
+async fn serve_loop(
     listeners: Listeners,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
