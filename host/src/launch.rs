@@ -21,7 +21,6 @@ use crate::server::Listeners;
 use crate::tls::{CertStore, Terminator, TerminatorSettings, TlsListener};
 use crate::{cluster, discovery, plugins, reload, sockets};
 
-
 /// How long a stopping node waits for its "leaving" gossip to go out.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
 
@@ -240,5 +239,9 @@ fn start_tls(
 /// bind their own beside it.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let reuse_port = crate::worker::count() > 1;
-    TcpListener::from_std(sockets::listen_tcp(addr, sockets::ACCEPT_BACKLOG, reuse_port)?)
+    TcpListener::from_std(sockets::listen_tcp(
+        addr,
+        sockets::ACCEPT_BACKLOG,
+        reuse_port,
+    )?)
 }

@@ -34,7 +34,10 @@ pub fn listen_tcp(
 /// `listener` has SO_REUSEPORT (the kernel spreads connections over the workers'
 /// queues), else the same socket shared (a listener bound by someone else: tests,
 /// inherited sockets).
-pub fn sibling(listener: &std::net::TcpListener, backlog: i32) -> io::Result<std::net::TcpListener> {
+pub fn sibling(
+    listener: &std::net::TcpListener,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
     if socket2::SockRef::from(listener).reuse_port()? {
         listen_tcp(listener.local_addr()?, backlog, true)
     } else {

@@ -65,17 +65,23 @@ async fn serve_loop(
     // GracefulShutdown cannot watch connections that allow upgrades.)
     let (drain, draining) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
+    let accepted_here = gateway
+        .metrics
+        .worker_connections
+        .with_label_values(&[&crate::worker::index().to_string()]);
     let Listeners { plain, tls } = listeners;
     loop {
         tokio::select! {
             accepted = plain.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accepted_here.inc();
                     tokio::spawn(plain_connection(stream, peer, gateway.clone(), draining.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_tls(tls.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
+                    accepted_here.inc();
                     if let Some(tls) = &tls {
                         tokio::spawn(tls_connection(tls.terminator.clone(), stream, peer, gateway.clone(), draining.clone()));
                     }

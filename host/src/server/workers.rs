@@ -50,7 +50,7 @@ pub(super) fn spawn(
         let (report, finished) = oneshot::channel();
         let (gateway, stop) = (gateway.clone(), stop.clone());
         std::thread::Builder::new()
-            .name(format!("fluxgate-worker-{index}"))
+            .name(format!("fluxgate-w{index}")) // 15 bytes at most in /proc comm
             .spawn(move || run(index, plain, tls, gateway, stop, report))?;
         done.push(finished);
     }
