@@ -822,23 +822,39 @@ mod tests {
     /// and folded lines mixed in.
     fn generate(rng: &mut Rng) -> Vec<u8> {
         let eol = |rng: &mut Rng| if rng.chance(4) { "\n" } else { "\r\n" };
-        let mut head = format!(
-            "{} {} {}{}",
-            rng.pick(METHODS),
-            rng.pick(TARGETS),
-            rng.pick(VERSIONS),
-            eol(rng)
-        );
+        // Mostly a plain request line (the first entries of each list are well formed),
+        // so the fields get their share of the cases.
+        let method = if rng.chance(75) {
+            rng.pick(&METHODS[..9])
+        } else {
+            rng.pick(METHODS)
+        };
+        let target = if rng.chance(75) {
+            rng.pick(&TARGETS[..5])
+        } else {
+            rng.pick(TARGETS)
+        };
+        let version = if rng.chance(75) {
+            rng.pick(&VERSIONS[..4])
+        } else {
+            rng.pick(VERSIONS)
+        };
+        let mut head = format!("{method} {target} {version}{}", eol(rng));
         if rng.chance(85) {
             head.push_str(&format!("Host: h{}", eol(rng)));
         }
         for _ in 0..rng.below(6) {
-            head.push_str(&format!(
-                "{}: {}{}",
-                rng.pick(NAMES),
-                rng.pick(VALUES),
-                eol(rng)
-            ));
+            let name = if rng.chance(60) {
+                rng.pick(&NAMES[..9])
+            } else {
+                rng.pick(NAMES)
+            };
+            let value = if rng.chance(60) {
+                rng.pick(&VALUES[..10])
+            } else {
+                rng.pick(VALUES)
+            };
+            head.push_str(&format!("{name}: {value}{}", eol(rng)));
             if rng.chance(3) {
                 head.push_str(&format!(" folded{}", eol(rng)));
             }
@@ -1004,7 +1020,7 @@ mod tests {
             ("stricter", stricter),
             ("both refuse", both_refuse),
         ] {
-            assert!(n >= 150, "{class}: only {n} of 5000");
+            assert!(n >= 500, "{class}: only {n} of 5000");
             eprintln!("{class}: {n} of 5000");
         }
     }
