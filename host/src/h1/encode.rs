@@ -177,10 +177,7 @@ mod tests {
             String::from_utf8_lossy(&out).contains("content-length: 999"),
             "HEAD answers keep theirs"
         );
-        assert_eq!(&itoa_buf(0).as_bytes_mut()[..], b"0");
-        assert_eq!(
-            &itoa_buf(u64::MAX).as_bytes_mut()[..],
-            b"18446744073709551615"
-        );
+        assert_eq!(itoa_buf(0).as_bytes_mut(), b"0");
+        assert_eq!(itoa_buf(u64::MAX).as_bytes_mut(), b"18446744073709551615");
     }
 }

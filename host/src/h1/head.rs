@@ -167,7 +167,7 @@ pub fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
         .map_err(|_| HeadError::BadTarget)?;
-    let headers = header_map(&head, &spans)?;
+    let headers = header_map(&head, spans)?;
     request_framing(method, uri, version, headers)
 }
 
@@ -439,7 +439,7 @@ pub fn parse_response(
     let (mut stack_spans, mut heap_spans) = ([(0, 0, 0, 0); STACK_SPANS], Vec::new());
     let spans = field_spans(res.headers, base, &mut stack_spans, &mut heap_spans);
     let head = buf.split_to(len).freeze();
-    let mut headers = header_map(&head, &spans)?;
+    let mut headers = header_map(&head, spans)?;
     let connection = tokens(&headers, header::CONNECTION);
     let mut keep_alive = match version {
         Version::HTTP_11 => !connection.close,

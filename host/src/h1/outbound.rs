@@ -60,6 +60,8 @@ impl Outbound {
 /// The idle connections to one target, one list per worker thread (no contention
 /// between workers; a connection returned on another worker joins that worker's list).
 pub struct TargetPool {
+    // Boxed connections: checked out and back per request, moved as a pointer.
+    #[allow(clippy::vec_box)]
     lists: Box<[Mutex<Vec<Box<Outbound>>>]>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -85,6 +87,7 @@ impl TargetPool {
         }
     }
 
+    #[allow(clippy::vec_box)]
     fn list(&self) -> &Mutex<Vec<Box<Outbound>>> {
         &self.lists[crate::worker::index() % self.lists.len()]
     }

@@ -84,16 +84,14 @@ pub fn handle(
 }
 
 /// Handles one request read by our HTTP/1.1 codec (its body already a `GatewayBody`).
-pub fn handle_request(
+pub async fn handle_request(
     gateway: Arc<Gateway>,
     req: Request<GatewayBody>,
     peer: Peer,
-) -> impl Future<Output = Response<ObservedBody>> + Send {
-    async move {
-        match exchange(gateway, req, peer).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
+) -> Response<ObservedBody> {
+    match exchange(gateway, req, peer).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
 }
 

@@ -2,10 +2,10 @@
 //! when `server.h2c` is on) and the TLS listener (HTTP/1.1 or HTTP/2 chosen by ALPN),
 //! and a graceful drain on shutdown.
 //!
-//! - `fast`   one HTTP/1.1 connection (plain or TLS) on our codec: limits, framing
-//!            rules, the slowloris 408, pipelining, 100-continue, upgrades
-//! - `http2`  one HTTP/2 connection: stream and header limits, reset-flood guards
-//! - `workers` workers 1..N: a thread, a current-thread runtime and a listener each
+//! - `fast`: one HTTP/1.1 connection (plain or TLS) on our codec: limits, framing
+//!   rules, the slowloris 408, pipelining, 100-continue, upgrades
+//! - `http2`: one HTTP/2 connection: stream and header limits, reset-flood guards
+//! - `workers`: workers 1..N: a thread, a current-thread runtime and a listener each
 
 mod fast;
 mod http2;
