@@ -98,6 +98,15 @@ impl GatewayError {
     }
 
     /// A short stable machine-readable code for the JSON body and logs.
+    /// A refusal caused by the client's own request (a broken body while forwarding):
+    /// never held against the target's health, breaker or error metrics.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::MalformedBody(_) | GatewayError::BadRequest(_)
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::NoRoute { .. } => "no_route",

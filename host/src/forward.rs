@@ -9,7 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use tokio::time::Instant;
 
-use crate::body::{self, Collected, GatewayBody};
+use crate::body::{self, BodyError, Collected, GatewayBody};
 use crate::config::UpstreamProtocol;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route};
@@ -205,7 +205,7 @@ pub async fn send(
         let outcome = send_once(gateway, group, target, request, record).await;
         let failed = match &outcome {
             Ok(response) => group.is_failure_status(response.status().as_u16()),
-            Err(_) => true,
+            Err(e) => !e.is_client_fault(),
         };
         if let Some(permit) = permit {
             if failed {
@@ -362,6 +362,9 @@ pub async fn send_once(
         }
         Err(failure) => failure,
     };
+    if failure.is_client_fault() {
+        return Err(failure);
+    }
     in_flight.failed();
     gateway
         .metrics
@@ -380,6 +383,13 @@ fn h1_failure(group: &UpstreamGroup, target: &Target, e: SendError) -> GatewayEr
         SendError::Tls(reason) => {
             tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
             GatewayError::UpstreamTls { upstream }
+        }
+        // The client's body broke the chunked coding (or ended early) while it was
+        // forwarded: the client's fault, answered 400, not held against the target.
+        SendError::Body(BodyError::Chunked(e)) => GatewayError::MalformedBody(e),
+        SendError::Body(e) => {
+            tracing::debug!(error = %e, upstream = %group.name, "the request body failed while forwarded");
+            GatewayError::BadRequest("the request body ended before its end was announced")
         }
         other => {
             tracing::debug!(error = %other, upstream = %group.name, target = %target.url, "upstream exchange failed");

@@ -137,8 +137,9 @@ impl H1Client {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // A body known in full can be sent again on a new connection.
         let replay: Option<Bytes> = match &body {
-            GatewayBody::Empty => Some(Bytes::new()),
             GatewayBody::Full { data } => Some(data.clone().unwrap_or_default()),
+            // A GET off the client's connection has a body that has already ended.
+            body if body.is_end_stream() => Some(Bytes::new()),
             _ => None,
         };
         let idempotent = crate::policy::retry::is_idempotent(&parts.method);
