@@ -849,6 +849,11 @@ async fn assert_refused_without_100(addr: std::net::SocketAddr, head: &str, stat
     conn.send(head.as_bytes()).await;
     let answer = conn.answer(false).await;
     assert_eq!(answer.status, status, "{head:?}: {answer:?}");
+    assert_eq!(
+        answer.header("connection"),
+        ["close"],
+        "{head:?}: the answer says the connection closes: {answer:?}"
+    );
     // A client that sends its body anyway (after its own timeout), with a request
     // hidden in it: that request must not be served.
     conn.send(format!("hello{SMUGGLED}").as_bytes()).await;

@@ -102,7 +102,9 @@ pub(super) async fn serve(
             () = client_gone(&conn) => break,
         };
         let status = response.status();
-        if *draining.borrow() {
+        // Draining, or a body the client was never told to send (100-continue refused):
+        // the answer says the connection closes, and it does.
+        if *draining.borrow() || lock(&conn).continue_unsent() {
             keep_alive = false;
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
