@@ -11,6 +11,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::h1::inbound::ClientBody;
+use crate::h1::outbound::UpstreamBody;
+
 pin_project! {
     /// A request or response body: streamed from a peer, or produced by the gateway.
     /// An enum rather than a boxed trait object: no allocation per request.
@@ -22,7 +25,24 @@ pin_project! {
         /// A body whose first bytes were already read (a form read, or a cache fill
         /// that gave up storing): those bytes, then the rest. Boxed: rare.
         Prefixed { head: Option<Bytes>, rest: Box<GatewayBody> },
+        /// A request body read off a client's HTTP/1.1 connection (our codec).
+        Client { body: ClientBody },
+        /// A response body read off a target's HTTP/1.1 connection (our client).
+        Upstream { body: UpstreamBody },
     }
+}
+
+/// Why a body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("chunked body: {0}")]
+    Chunked(#[from] crate::h1::ChunkError),
+    #[error("the connection closed before the body ended")]
+    Incomplete,
 }
 
 /// What [`read_up_to`] got.
@@ -57,7 +77,7 @@ impl Collected {
 /// Reads a body while it fits in `limit` bytes: the one bounded reader (plugin
 /// bodies, forms, retry bodies, the management API, cache fills). Stops at the first
 /// frame past the limit, so at most `limit` plus one frame is held.
-pub async fn read_up_to(mut body: GatewayBody, limit: usize) -> Result<Collected, hyper::Error> {
+pub async fn read_up_to(mut body: GatewayBody, limit: usize) -> Result<Collected, BodyError> {
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
@@ -102,20 +122,22 @@ impl GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             GatewayBodyProj::Empty => Poll::Ready(None),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            GatewayBodyProj::Streamed { body } => body.poll_frame(cx),
+            GatewayBodyProj::Streamed { body } => body.poll_frame(cx).map_err(BodyError::from),
             GatewayBodyProj::Prefixed { head, rest } => match head.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
+            GatewayBodyProj::Client { body } => body.poll_frame(cx),
+            GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
         }
     }
 
@@ -125,6 +147,8 @@ impl Body for GatewayBody {
             GatewayBody::Full { data } => data.is_none(),
             GatewayBody::Streamed { body } => body.is_end_stream(),
             GatewayBody::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
+            GatewayBody::Client { body } => body.is_end_stream(),
+            GatewayBody::Upstream { body } => body.is_end_stream(),
         }
     }
 
@@ -145,6 +169,8 @@ impl Body for GatewayBody {
                 }
                 hint
             }
+            GatewayBody::Client { body } => body.size_hint(),
+            GatewayBody::Upstream { body } => body.size_hint(),
         }
     }
 }
@@ -191,12 +217,12 @@ impl ObservedBody {
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {

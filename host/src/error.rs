@@ -42,6 +42,12 @@ pub enum GatewayError {
     PluginNotLoaded { plugin: String },
     #[error("request head not received in time")]
     RequestTimeout,
+    /// A request head our HTTP/1.1 codec refuses (framing rules, limits).
+    #[error("{0}")]
+    MalformedHead(crate::h1::HeadError),
+    /// A chunked request body that breaks the coding's rules.
+    #[error("malformed request body: {0}")]
+    MalformedBody(crate::h1::ChunkError),
     #[error("rate limit exceeded ({scope} limit); retry in {retry_after_secs} s")]
     RateLimited {
         scope: &'static str,
@@ -79,6 +85,8 @@ impl GatewayError {
             GatewayError::PluginNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::MalformedHead(e) => e.status(),
+            GatewayError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
             GatewayError::InvalidField { .. } => StatusCode::BAD_REQUEST,
@@ -90,6 +98,15 @@ impl GatewayError {
     }
 
     /// A short stable machine-readable code for the JSON body and logs.
+    /// A refusal caused by the client's own request (a broken body while forwarding):
+    /// never held against the target's health, breaker or error metrics.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::MalformedBody(_) | GatewayError::BadRequest(_)
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::NoRoute { .. } => "no_route",
@@ -106,6 +123,13 @@ impl GatewayError {
             GatewayError::ResponseTooLarge { .. } => "response_too_large",
             GatewayError::Plugin { .. } | GatewayError::PluginNotLoaded { .. } => "plugin_failed",
             GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::MalformedHead(e) => match e.status().as_u16() {
+                431 => "headers_too_large",
+                414 => "uri_too_long",
+                501 => "not_implemented",
+                _ => "bad_request",
+            },
+            GatewayError::MalformedBody(_) => "bad_request",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::CorsRejected(_) => "cors_rejected",
             GatewayError::InvalidField { .. } => "invalid_field",

@@ -7,16 +7,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, Collected, GatewayBody};
+use crate::body::{self, BodyError, Collected, GatewayBody};
 use crate::config::UpstreamProtocol;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Route};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
 use crate::peer::Peer;
 use crate::policy::retry;
+use crate::upstream::h1_client::SendError;
 use crate::upstream::{InFlight, RetryPolicy, Target, UpstreamGroup};
 
 /// What the access log and the request's accounting learn from forwarding: which group
@@ -152,7 +152,7 @@ pub async fn send(
     path: &str,
     peer: &Peer,
     record: &mut UpstreamRecord,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<GatewayBody>, GatewayError> {
     let group = &route.upstream;
     record.upstream = Some(group.name.clone());
     let (parts, body) = req.into_parts();
@@ -205,7 +205,7 @@ pub async fn send(
         let outcome = send_once(gateway, group, target, request, record).await;
         let failed = match &outcome {
             Ok(response) => group.is_failure_status(response.status().as_u16()),
-            Err(_) => true,
+            Err(e) => !e.is_client_fault(),
         };
         if let Some(permit) = permit {
             if failed {
@@ -252,7 +252,7 @@ pub async fn send(
 fn should_retry(
     policy: &RetryPolicy,
     method: &Method,
-    outcome: &Result<Response<Incoming>, GatewayError>,
+    outcome: &Result<Response<GatewayBody>, GatewayError>,
 ) -> bool {
     let method_ok = policy.spec.retry_non_idempotent || retry::is_idempotent(method);
     match outcome {
@@ -327,41 +327,44 @@ pub async fn send_once(
     target: &Target,
     request: Request<GatewayBody>,
     record: &mut UpstreamRecord,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<GatewayBody>, GatewayError> {
     let in_flight = InFlight::start(&target.stats);
-    let sent = tokio::time::timeout(group.request_timeout, group.client.request(request)).await;
-    let failure = match sent {
-        Ok(Ok(response)) => {
-            record.in_flight = Some(in_flight);
-            return Ok(response);
+    let sent = match (&group.h1, &target.pool) {
+        (Some(h1), Some(pool)) => {
+            // Boxed: inline, the client's future (request write, answer head read) would
+            // add 1.7 KB to the request future every HTTP/1 connection task holds.
+            let send = Box::pin(h1.send(pool, &target.addr, request));
+            let sent = tokio::time::timeout(group.request_timeout, send).await;
+            match sent {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(h1_failure(group, target, e)),
+                Err(_elapsed) => Err(GatewayError::UpstreamTimeout {
+                    upstream: group.name.to_string(),
+                }),
+            }
         }
-        Err(_elapsed) => GatewayError::UpstreamTimeout {
-            upstream: group.name.to_string(),
-        },
-        Ok(Err(e)) if e.is_connect() && caused_by_timeout(&e) => GatewayError::UpstreamTimeout {
-            upstream: group.name.to_string(),
-        },
-        Ok(Err(e)) if e.is_connect() => match crate::tls::client::failure_reason(&e) {
-            Some(reason) => {
-                tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
-                GatewayError::UpstreamTls {
+        _ => {
+            let sent =
+                tokio::time::timeout(group.request_timeout, group.client.request(request)).await;
+            match sent {
+                Ok(Ok(response)) => Ok(response.map(GatewayBody::streamed)),
+                Ok(Err(e)) => Err(hyper_failure(group, target, &e)),
+                Err(_elapsed) => Err(GatewayError::UpstreamTimeout {
                     upstream: group.name.to_string(),
-                }
-            }
-            None => {
-                tracing::debug!(error = ?e, upstream = %group.name, target = %target.url, "could not connect to the upstream target");
-                GatewayError::UpstreamConnect {
-                    upstream: group.name.to_string(),
-                }
-            }
-        },
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");
-            GatewayError::UpstreamFailed {
-                upstream: group.name.to_string(),
+                }),
             }
         }
     };
+    let failure = match sent {
+        Ok(response) => {
+            record.in_flight = Some(in_flight);
+            return Ok(response);
+        }
+        Err(failure) => failure,
+    };
+    if failure.is_client_fault() {
+        return Err(failure);
+    }
     in_flight.failed();
     gateway
         .metrics
@@ -369,6 +372,56 @@ pub async fn send_once(
         .with_label_values(&[&group.name, failure.code()])
         .inc();
     Err(failure)
+}
+
+/// Our HTTP/1.1 client's failure as the gateway's refusal (the reason logged).
+fn h1_failure(group: &UpstreamGroup, target: &Target, e: SendError) -> GatewayError {
+    let upstream = group.name.to_string();
+    match e {
+        SendError::ConnectTimeout => GatewayError::UpstreamTimeout { upstream },
+        SendError::Connect(_) => GatewayError::UpstreamConnect { upstream },
+        SendError::Tls(reason) => {
+            tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
+            GatewayError::UpstreamTls { upstream }
+        }
+        // The client's body broke the chunked coding (or ended early) while it was
+        // forwarded: the client's fault, answered 400, not held against the target.
+        SendError::Body(BodyError::Chunked(e)) => GatewayError::MalformedBody(e),
+        SendError::Body(e) => {
+            tracing::debug!(error = %e, upstream = %group.name, "the request body failed while forwarded");
+            GatewayError::BadRequest("the request body ended before its end was announced")
+        }
+        other => {
+            tracing::debug!(error = %other, upstream = %group.name, target = %target.url, "upstream exchange failed");
+            GatewayError::UpstreamFailed { upstream }
+        }
+    }
+}
+
+/// hyper's client failure (HTTP/2 targets) as the gateway's refusal.
+fn hyper_failure(
+    group: &UpstreamGroup,
+    target: &Target,
+    e: &hyper_util::client::legacy::Error,
+) -> GatewayError {
+    let upstream = group.name.to_string();
+    if e.is_connect() && caused_by_timeout(e) {
+        return GatewayError::UpstreamTimeout { upstream };
+    }
+    if e.is_connect() {
+        return match crate::tls::client::failure_reason(e) {
+            Some(reason) => {
+                tracing::warn!(upstream = %group.name, target = %target.url, %reason, "TLS with the upstream target failed");
+                GatewayError::UpstreamTls { upstream }
+            }
+            None => {
+                tracing::debug!(error = ?e, upstream = %group.name, target = %target.url, "could not connect to the upstream target");
+                GatewayError::UpstreamConnect { upstream }
+            }
+        };
+    }
+    tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");
+    GatewayError::UpstreamFailed { upstream }
 }
 
 fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -22,9 +22,6 @@ use crate::server::Listeners;
 use crate::tls::{CertStore, Terminator, TerminatorSettings, TlsListener};
 use crate::{cluster, discovery, plugins, reload, sockets};
 
-/// Accept backlog of the HTTP listener.
-const BACKLOG: i32 = 1024;
-
 /// How long a stopping node waits for its "leaving" gossip to go out.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
 
@@ -91,6 +88,8 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         listener,
         tls_listener,
     } = launch;
+    // Before the gateway is built: per-worker state (connection pools) is sized by it.
+    crate::worker::set_count(crate::worker::resolve(plan.config.server.workers));
     let listener = match listener {
         Some(listener) => listener,
         None => bind(plan.listen).map_err(|source| StartError::Listen {
@@ -241,7 +240,13 @@ fn start_tls(
     })
 }
 
-/// The HTTP listener, with a deep accept backlog.
+/// A listener with a deep accept backlog, and SO_REUSEPORT when more workers will
+/// bind their own beside it.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::from_std(sockets::listen_tcp(addr, BACKLOG)?)
+    let reuse_port = crate::worker::count() > 1;
+    TcpListener::from_std(sockets::listen_tcp(
+        addr,
+        sockets::ACCEPT_BACKLOG,
+        reuse_port,
+    )?)
 }

@@ -48,7 +48,9 @@ pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod h1;
 pub mod headers;
+pub mod http_upgrade;
 pub mod launch;
 pub mod memory;
 pub mod metrics;
@@ -71,6 +73,7 @@ pub mod tls;
 pub mod upstream;
 pub mod user_id;
 pub mod websocket;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -292,18 +292,10 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         Some(path) => plan::load_file(path, &overrides)?,
         None => plan::defaults(&overrides)?,
     };
-    // One worker: a current-thread runtime, whose task wake-ups need no cross-thread
-    // synchronisation (measurably cheaper per proxied request than a 1-thread pool).
-    let workers = plan.config.server.workers;
-    let mut runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if workers > 1 {
-        runtime.worker_threads(workers);
-    }
-    let runtime = runtime
+    // Worker 0 (and the background tasks) on this thread's current-thread runtime;
+    // `server.workers` > 1 starts the others, one thread and runtime each, when
+    // serving begins (server::workers). No work stealing on the data path.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

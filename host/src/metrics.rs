@@ -150,6 +150,8 @@ metrics! {
     breaker_state: IntGaugeVec("circuit_breaker_state", labels = ["upstream", "target"]),
     /// Open WebSocket tunnels
     websockets: IntGauge("websocket_connections"),
+    /// Client connections accepted, by worker (how SO_REUSEPORT spreads them)
+    worker_connections: IntCounterVec("worker_connections_total", labels = ["worker"]),
     /// Gossip bytes by direction and transport
     gossip_bytes: IntCounterVec("gossip_bytes_total", labels = ["direction", "transport"]),
     /// 1 while the Redis of `[cluster.redis]` answers in time

@@ -4,13 +4,12 @@
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::forward::{self, Prepared, UpstreamRecord};
 use crate::gateway::{Gateway, Route};
+use crate::http_upgrade::{ClientUpgrade, Upgraded};
 use crate::peer::Peer;
 
 /// Is this an HTTP/1.1 `Upgrade: websocket` request?
@@ -38,12 +37,18 @@ pub async fn proxy(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let group = &route.upstream;
     record.upstream = Some(group.name.clone());
-    let client_side: OnUpgrade =
-        req.extensions_mut()
-            .remove::<OnUpgrade>()
-            .ok_or(GatewayError::BadRequest(
-                "this connection cannot be upgraded",
-            ))?;
+    let client_side = req
+        .extensions_mut()
+        .remove::<ClientUpgrade>()
+        .and_then(|slot| slot.take())
+        .ok_or(GatewayError::BadRequest(
+            "this connection cannot be upgraded",
+        ))?;
+    if group.h1.is_none() {
+        return Err(GatewayError::BadRequest(
+            "WebSockets need an HTTP/1.1 upstream (protocol = \"http1\")",
+        ));
+    }
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -66,13 +71,19 @@ pub async fn proxy(
     let request = prepared.for_target(route, target, body, true)?;
     let mut response = forward::send_once(gateway, group, target, request, record).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        route.edit_response_headers(&mut parts.headers);
-        return Ok(Response::from_parts(parts, GatewayBody::streamed(body)));
+        route.edit_response_headers(response.headers_mut());
+        return Ok(response);
     }
-    let upstream_side = hyper::upgrade::on(&mut response);
     let accepted = response.headers().get(header::UPGRADE).cloned();
-    let (mut parts, _) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    let upstream_side = match body {
+        GatewayBody::Upstream { body } => body.into_upgraded(),
+        _ => None,
+    }
+    .map(|(stream, leftover)| Upgraded::new(stream, leftover))
+    .ok_or_else(|| GatewayError::UpstreamFailed {
+        upstream: group.name.to_string(),
+    })?;
     route.edit_response_headers(&mut parts.headers);
     parts
         .headers
@@ -84,15 +95,15 @@ pub async fn proxy(
     let (group_name, target_url) = (group.name.clone(), target.url.clone());
     let in_flight = record.in_flight.take();
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
-            Ok(both) => both,
+        let mut upstream = upstream_side;
+        let mut client = match client_side.await {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(error = %e, upstream = %group_name, "websocket upgrade failed");
                 return;
             }
         };
         gauge.inc();
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         gauge.dec();
         // Counted as in flight to its target until the tunnel closes.

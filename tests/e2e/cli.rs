@@ -463,3 +463,79 @@ fn a_reload_that_keeps_plugins_dir_does_not_warn_about_it() {
     );
     assert_eq!(gw.terminate().code(), Some(0));
 }
+
+/// `workers = 3`: three event loops, each on its own thread with its own SO_REUSEPORT
+/// listener, all serving: the kernel spreads new connections over them and each
+/// worker's accepts are counted in `fluxgate_worker_connections_total`.
+#[tokio::test]
+async fn each_worker_serves_connections_on_its_own_listener() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nworkers = 3\naccess_log = false\n\
+             [upstreams.web]\ntargets = [{{ url = \"http://{}\" }}]\n\
+             [[routes]]\npath = \"/web/*\"\nupstream = \"web\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let mut gw = Process::start(&["--config", &config, "--port", "0"]);
+    let addr = gw.listening_addr();
+    let pid = gw.child.id();
+    // The workers start when serving begins, just after the "listening" line.
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut threads = thread_names();
+    while !["fluxgate-w1", "fluxgate-w2"]
+        .iter()
+        .all(|w| threads.iter().any(|t| t == w))
+    {
+        assert!(Instant::now() < deadline, "worker threads: {threads:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        threads = thread_names();
+    }
+    // One request per new connection: each connection lands on one worker's queue.
+    for i in 0..150 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /web/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+        )
+        .await
+        .expect("answer in time")
+        .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "request {i}");
+    }
+    let metrics = get(&client(), &format!("http://{addr}/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for worker in 0..3 {
+        let needle = format!("fluxgate_worker_connections_total{{worker=\"{worker}\"}} ");
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(count > 0, "worker {worker} accepted nothing:\n{text}");
+    }
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -85,7 +85,7 @@ pub async fn start(
 fn bind_pair(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
     let mut last_error = None;
     for _ in 0..10 {
-        let tcp = crate::sockets::listen_tcp(addr, 128)?;
+        let tcp = crate::sockets::listen_tcp(addr, 128, false)?;
         let mut same = addr;
         same.set_port(tcp.local_addr()?.port());
         match bind_udp(same) {

@@ -3,7 +3,6 @@
 
 use http::Response;
 use http::header::{self, HeaderMap};
-use hyper::body::Incoming;
 
 use super::Exchange;
 use crate::body::GatewayBody;
@@ -12,10 +11,13 @@ use crate::policy::rate_limit_headers;
 
 /// Phase 10 — response edits: hop-by-hop headers removed, the route's response header
 /// edits applied; the body streams on untouched.
-pub(super) fn edit_response(route: &Route, response: Response<Incoming>) -> Response<GatewayBody> {
-    let (mut parts, body) = response.into_parts();
-    route.edit_response_headers(&mut parts.headers);
-    Response::from_parts(parts, GatewayBody::streamed(body))
+pub(super) fn edit_response(
+    route: &Route,
+    response: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let mut response = response;
+    route.edit_response_headers(response.headers_mut());
+    response
 }
 
 /// Phase 13 — RateLimit-* and CORS headers, added to every answer of a route (errors

@@ -2,11 +2,14 @@
 //! when `server.h2c` is on) and the TLS listener (HTTP/1.1 or HTTP/2 chosen by ALPN),
 //! and a graceful drain on shutdown.
 //!
-//! - `http1`  one HTTP/1.1 connection: limits, the slowloris 408, upgrades
-//! - `http2`  one HTTP/2 connection: stream and header limits, reset-flood guards
+//! - `fast`: one HTTP/1.1 connection (plain or TLS) on our codec: limits, framing
+//!   rules, the slowloris 408, pipelining, 100-continue, upgrades
+//! - `http2`: one HTTP/2 connection: stream and header limits, reset-flood guards
+//! - `workers`: workers 1..N: a thread, a current-thread runtime and a listener each
 
-mod http1;
+mod fast;
 mod http2;
+mod workers;
 
 use std::future::Future;
 use std::io;
@@ -19,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+use crate::h1::stream::Stream;
 use crate::peer::Peer;
 use crate::tls::{Terminator, TlsListener};
 
@@ -32,8 +36,26 @@ pub struct Listeners {
 }
 
 /// Serves the listeners until `shutdown` completes, then stops accepting and waits up
-/// to `server.shutdown_grace_ms` for in-flight requests before returning.
+/// to `server.shutdown_grace_ms` for in-flight requests before returning. This loop is
+/// worker 0; with `server.workers` > 1 the others start beside it and drain with it.
 pub async fn serve(
+    listeners: Listeners,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let extra = workers::spawn(&listeners, &gateway, crate::worker::count(), &stopping)?;
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let served = serve_loop(listeners, gateway, shutdown).await;
+    extra.finished().await;
+    served
+}
+
+/// One worker's accept loop, then its drain.
+async fn serve_loop(
     listeners: Listeners,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
@@ -43,17 +65,23 @@ pub async fn serve(
     // GracefulShutdown cannot watch connections that allow upgrades.)
     let (drain, draining) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
+    let accepted_here = gateway
+        .metrics
+        .worker_connections
+        .with_label_values(&[&crate::worker::index().to_string()]);
     let Listeners { plain, tls } = listeners;
     loop {
         tokio::select! {
             accepted = plain.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accepted_here.inc();
                     tokio::spawn(plain_connection(stream, peer, gateway.clone(), draining.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_tls(tls.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
+                    accepted_here.inc();
                     if let Some(tls) = &tls {
                         tokio::spawn(tls_connection(tls.terminator.clone(), stream, peer, gateway.clone(), draining.clone()));
                     }
@@ -112,7 +140,7 @@ async fn plain_connection(
     if h2c && starts_with_h2_preface(&stream, wait).await {
         return http2::serve(stream, peer, gateway, draining).await;
     }
-    http1::serve(stream, peer, gateway, draining).await;
+    fast::serve(Stream::Tcp(stream), peer, gateway, draining).await;
 }
 
 /// Peeks (without consuming) whether the client's first bytes are the HTTP/2 preface.
@@ -155,6 +183,6 @@ async fn tls_connection(
                 .with_label_values(&["tls-alpn-01"])
                 .inc();
         }
-        _ => http1::serve(stream, peer, gateway, draining).await,
+        _ => fast::serve(Stream::ServerTls(Box::new(stream)), peer, gateway, draining).await,
     }
 }

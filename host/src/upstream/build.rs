@@ -7,11 +7,13 @@ use std::time::Duration;
 use super::addr::TargetAddr;
 use super::client::{ClientKey, ClientSettings, HttpClient, new_client};
 use super::group::{RetryPolicy, Target, UpstreamGroup};
+use super::h1_client::H1Client;
 use super::probe::{HealthCheckers, ProbeTarget};
 use super::stats::TargetStats;
 use crate::balancer::{Balancer, stable_hash};
 use crate::carry::Carried;
 use crate::config::CircuitBreakerConfig;
+use crate::config::UpstreamProtocol;
 use crate::metrics::Metrics;
 use crate::plan::UpstreamPlan;
 use crate::policy::breaker::BreakerSpec;
@@ -25,6 +27,7 @@ pub struct UpstreamState {
     /// per group, as each group configures them.
     stats: Carried<(Arc<str>, TargetAddr), TargetStats>,
     clients: Carried<ClientKey, HttpClient>,
+    h1_clients: Carried<ClientKey, H1Client>,
     budgets: Carried<Arc<str>, RetryBudget>,
 }
 
@@ -58,11 +61,29 @@ impl UpstreamState {
     ) -> BuiltUpstreams {
         let mut stats = self.stats.rebuild();
         let mut clients = self.clients.rebuild();
+        let mut h1_clients = self.h1_clients.rebuild();
         let mut budgets = self.budgets.rebuild();
         let mut groups = std::collections::HashMap::new();
         let mut probes = Vec::new();
         for plan in upstreams {
             let cfg = &plan.config;
+            let settings = ClientSettings {
+                connect_timeout_ms: cfg.connect_timeout_ms,
+                pool_idle_timeout_ms: cfg.pool_idle_timeout_ms,
+                pool_max_idle: cfg.pool_max_idle_per_target,
+                protocol: cfg.protocol,
+                tls: plan.tls.clone(),
+            };
+            let h1 = (cfg.protocol == UpstreamProtocol::Http1).then(|| {
+                h1_clients.keep(settings.key(), || {
+                    H1Client::new(
+                        Duration::from_millis(cfg.connect_timeout_ms),
+                        &plan.tls,
+                        cfg.pool_max_idle_per_target,
+                        Duration::from_millis(cfg.pool_idle_timeout_ms),
+                    )
+                })
+            });
             let targets: Vec<Target> = plan
                 .targets
                 .iter()
@@ -86,16 +107,10 @@ impl UpstreamState {
                         weight: t.weight,
                         stats: s,
                         breaker,
+                        pool: h1.as_ref().map(|c| c.pool(&t.addr)),
                     }
                 })
                 .collect();
-            let settings = ClientSettings {
-                connect_timeout_ms: cfg.connect_timeout_ms,
-                pool_idle_timeout_ms: cfg.pool_idle_timeout_ms,
-                pool_max_idle: cfg.pool_max_idle_per_target,
-                protocol: cfg.protocol,
-                tls: plan.tls.clone(),
-            };
             let client = clients.keep(settings.key(), || new_client(&settings));
             if let Some(check) = &cfg.health_check {
                 for t in &targets {
@@ -131,6 +146,7 @@ impl UpstreamState {
                     balancer: Balancer::new(cfg.balancer, targets.len()),
                     targets,
                     client: HttpClient::clone(&client),
+                    h1,
                     protocol: cfg.protocol,
                     request_timeout: Duration::from_millis(cfg.request_timeout_ms),
                     retry,

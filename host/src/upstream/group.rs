@@ -28,6 +28,8 @@ pub struct Target {
     pub stats: Arc<TargetStats>,
     /// The target's circuit breaker, when the group has one.
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// Idle HTTP/1.1 connections to this target (groups speaking HTTP/1.1).
+    pub pool: Option<Arc<crate::h1::outbound::TargetPool>>,
     pub(super) id_hash: u64,
 }
 
@@ -53,6 +55,8 @@ pub struct UpstreamGroup {
     pub kind: BalancerKind,
     pub balancer: Balancer,
     pub client: HttpClient,
+    /// Our HTTP/1.1 client, when the group speaks HTTP/1.1 (else `client` is used).
+    pub h1: Option<Arc<super::h1_client::H1Client>>,
     /// HTTP/1.1 or HTTP/2 to the targets.
     pub protocol: UpstreamProtocol,
     pub request_timeout: Duration,

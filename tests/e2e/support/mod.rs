@@ -4,6 +4,7 @@ pub mod certs;
 pub mod daemons;
 pub mod h2;
 pub mod python;
+pub mod raw;
 pub mod upstream;
 pub mod wasm;
 
