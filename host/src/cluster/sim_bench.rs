@@ -4,8 +4,8 @@
 //! One run: N nodes join, go idle, take registrations at a steady rate, lose 1% of their
 //! nodes at once, and (optionally) take a burst of many registrations; loss applies
 //! throughout. Small-N runs of the same code are unit tests; the full-size run is the
-//! ignored test `cluster_sim_bench`, configured by environment variables (see
-//! `bench/cluster-sim.sh`).
+//! test `cluster_sim_bench`, built only with the `sim-bench` feature and configured by
+//! environment variables (see `bench/cluster-sim.sh`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -450,6 +450,7 @@ pub fn foreign_spread(
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sim-bench")]
     fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         std::env::var(name)
             .ok()
@@ -458,8 +459,8 @@ mod tests {
     }
 
     /// `bench/cluster-sim.sh N`: the full-size run, figures on standard output.
+    #[cfg(feature = "sim-bench")]
     #[test]
-    #[ignore = "benchmark: run through bench/cluster-sim.sh"]
     fn cluster_sim_bench() {
         let mut sc = Scenario::new(env("SIM_NODES", 1000));
         sc.loss = env("LOSS", 0.0);
