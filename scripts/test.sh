@@ -13,12 +13,15 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 # The servers the end-to-end tests start on loopback ports (Debian packages): Redis
-# for cluster-wide rate limits, etcd and dnsmasq for discovery. Installed only when
-# missing; their package scripts are told not to start system-wide services.
+# for cluster-wide rate limits, etcd and dnsmasq for discovery; and the tools the
+# dashboard and deploy/ tests use. Installed only when missing; their package scripts
+# are told not to start system-wide services.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
+# Headless Chromium renders the dashboard in its browser test.
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
 if (( ${#need[@]} > 0 )); then
     sudo=()
     (( EUID == 0 )) || sudo=(sudo)

@@ -82,6 +82,9 @@ declare!(IntCounterVec, |name, help, buckets, labels| {
 declare!(IntGauge, |name, help, buckets, labels| IntGauge::new(
     name, help
 ));
+declare!(IntCounter, |name, help, buckets, labels| IntCounter::new(
+    name, help
+));
 declare!(IntGaugeVec, |name, help, buckets, labels| {
     IntGaugeVec::new(Opts::new(name, help), labels)
 });
@@ -178,6 +181,10 @@ metrics! {
     tls_certificate_expiry: IntGaugeVec("tls_certificate_expiry_seconds", labels = ["name"]),
     /// Certificate reloads from changed files, by result (ok, error)
     tls_certificate_reloads: IntCounterVec("tls_certificate_reloads_total", labels = ["result"]),
+    /// Spans sent to the OTLP endpoint
+    trace_spans_exported: IntCounter("trace_spans_exported_total"),
+    /// Spans not exported, by reason (queue_full, export_failed, no_exporter)
+    trace_spans_dropped: IntCounterVec("trace_spans_dropped_total", labels = ["reason"]),
 }
 
 impl Metrics {
@@ -189,6 +196,11 @@ impl Metrics {
             requests: self.requests.clone(),
             common: Default::default(),
         })
+    }
+
+    /// Every metric's current value (the dashboard samples these once a second).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition of every metric.

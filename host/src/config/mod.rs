@@ -11,6 +11,7 @@ mod discovery;
 mod load;
 mod policy;
 mod schema;
+mod telemetry;
 mod tls;
 
 pub use discovery::{DiscoveryCheck, DiscoveryConfig, DiscoveryKind, RedisConfig};
@@ -20,4 +21,5 @@ pub use policy::{
     OnRedisError, OutlierConfig, RateAlgorithm, RateLimitConfig, RetryConfig,
 };
 pub use schema::*;
+pub use telemetry::TelemetryConfig;
 pub use tls::{CertificateConfig, Http2Config, TlsConfig, UpstreamProtocol, UpstreamTlsConfig};
