@@ -22,35 +22,27 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
 # Headless Chromium renders the dashboard in its browser test.
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
+# The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
+# HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[[ -d /usr/share/gocode/src/github.com/hashicorp/memberlist ]] || need+=(golang-github-hashicorp-memberlist-dev)
+# The HTTP/2 and gRPC tests (tests/e2e/http2*) run Python scripts with Debian's
+# python3-h2 (misbehaving HTTP/2 clients) and python3-grpcio (a real gRPC server and
+# client) under /usr/bin/python3.
+/usr/bin/python3 -c 'import h2' >/dev/null 2>&1 || need+=(python3-h2)
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3-grpcio)
 if (( ${#need[@]} > 0 )); then
     sudo=()
     (( EUID == 0 )) || sudo=(sudo)
     export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
-    if ! "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null; then
+    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
         "${sudo[@]}" apt-get update -qq >/dev/null
-        "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
 fi
 
 cargo fmt --all -- --check
-(cd plugins && # The servers the end-to-end tests start on loopback ports (Debian packages): Redis
-# for cluster-wide rate limits, etcd and dnsmasq for discovery. Installed only when
-# missing; their package scripts are told not to start system-wide services.
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
-if (( ${#need[@]} > 0 )); then
-    sudo=()
-    (( EUID == 0 )) || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
-    if ! "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null; then
-        "${sudo[@]}" apt-get update -qq >/dev/null
-        "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
-fi
-
-cargo fmt --all -- --check)
+(cd plugins && cargo fmt --all -- --check)
 
 # Plugins: built once for wasm32-wasip2 (the e2e tests load these files), then their
 # native unit tests against the SDK's host-free harness.

@@ -366,9 +366,12 @@ pub async fn send_once(
                     upstream: group.name.to_string(),
                 }
             }
-            None => GatewayError::UpstreamConnect {
-                upstream: group.name.to_string(),
-            },
+            None => {
+                tracing::debug!(error = ?e, upstream = %group.name, target = %target.url, "could not connect to the upstream target");
+                GatewayError::UpstreamConnect {
+                    upstream: group.name.to_string(),
+                }
+            }
         },
         Ok(Err(e)) => {
             tracing::debug!(error = %e, upstream = %group.name, "upstream exchange failed");

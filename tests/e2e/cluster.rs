@@ -1,6 +1,6 @@
 //! Three real `fluxgate-host` processes gossiping on loopback: a registration made on
 //! one node is served by the others; a killed node's registrations are withdrawn; a
-//! restarted node rejoins.
+//! restarted node rejoins; a node only TCP can reach stays alive (the fallback ping).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,13 +14,13 @@ use crate::support::upstream::Upstream;
 use crate::support::{TestClient, client, get, send};
 
 /// A node: its process, HTTP address and gossip address.
-struct Node {
-    process: Process,
-    http: SocketAddr,
-    gossip: SocketAddr,
+pub(crate) struct Node {
+    pub(crate) process: Process,
+    pub(crate) http: SocketAddr,
+    pub(crate) gossip: SocketAddr,
 }
 
-fn start_node(join: Option<SocketAddr>) -> Node {
+pub(crate) fn start_node(join: Option<SocketAddr>) -> Node {
     let join_arg = join.map(|a| a.to_string());
     let mut args = vec!["--port", "0", "--gossip-port", "0"];
     if let Some(join) = &join_arg {
@@ -46,7 +46,13 @@ fn node(mut process: Process) -> Node {
 }
 
 /// Registers `id` of `service` on `node`, pointing at `port` on loopback.
-async fn register(c: &TestClient, node: &Node, id: &str, service: &str, port: u16) -> u16 {
+pub(crate) async fn register(
+    c: &TestClient,
+    node: &Node,
+    id: &str,
+    service: &str,
+    port: u16,
+) -> u16 {
     let body =
         format!(r#"{{"id":"{id}","service":"{service}","address":"127.0.0.1","port":{port}}}"#);
     let request = Request::post(url(node, "/api/v1/services/register"))
@@ -55,19 +61,43 @@ async fn register(c: &TestClient, node: &Node, id: &str, service: &str, port: u1
     send(c, request).await.status.as_u16()
 }
 
-fn url(node: &Node, path: &str) -> String {
+pub(crate) fn url(node: &Node, path: &str) -> String {
     format!("http://{}{path}", node.http)
 }
 
-async fn alive_members(c: &TestClient, node: &Node) -> usize {
+pub(crate) async fn alive_members(c: &TestClient, node: &Node) -> usize {
     let health = get(c, &url(node, "/api/v1/health"), &[]).await.json();
     health["cluster"]["members"]
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count())
 }
 
+/// How `node` sees each member: name → state ("alive", "suspect", "dead", "left").
+pub(crate) async fn member_states(
+    c: &TestClient,
+    node: &Node,
+) -> std::collections::BTreeMap<String, String> {
+    let health = get(c, &url(node, "/api/v1/health"), &[]).await.json();
+    health["cluster"]["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .map(|m| {
+                    let field = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                    (field("name"), field("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `check` every 50 ms for at most `limit`; returns how long it took.
-async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+pub(crate) async fn within(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while !check().await {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
@@ -166,14 +196,26 @@ async fn register_anywhere_route_everywhere_and_survive_a_node_crash() {
 }
 
 /// Starts a node from a config file with `[cluster] secret_key` (None = no key).
-fn start_keyed(
+pub(crate) fn start_keyed(
     dir: &std::path::Path,
     name: &str,
     key: Option<&str>,
     join: Option<SocketAddr>,
 ) -> Node {
-    let mut text = String::from(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[cluster]\ngossip_listen = \"127.0.0.1:0\"\n",
+    start_configured(dir, name, key, join, "")
+}
+
+/// Starts node `name` (also its node name) from a config file; `extra` goes at the end
+/// of its `[cluster]` section.
+pub(crate) fn start_configured(
+    dir: &std::path::Path,
+    name: &str,
+    key: Option<&str>,
+    join: Option<SocketAddr>,
+    extra: &str,
+) -> Node {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[cluster]\ngossip_listen = \"127.0.0.1:0\"\nnode_name = \"{name}\"\n{extra}"
     );
     if let Some(key) = key {
         text.push_str(&format!("secret_key = \"{key}\"\n"));
@@ -222,4 +264,97 @@ async fn a_node_without_the_secret_key_cannot_join_or_inject() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let listed = get(&c, &url(&a, "/api/v1/services"), &[]).await.json();
     assert!(listed["services"].get("evil").is_none(), "{listed}");
+}
+
+/// A gossip port whose UDP goes nowhere and whose TCP is forwarded to a node (set with
+/// [`UdpBlackHole::forward_to`]): a node advertising it is reachable over TCP only, as
+/// behind a firewall that drops UDP.
+pub(crate) struct UdpBlackHole {
+    pub(crate) addr: SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// Bound and never read: datagrams to the port are swallowed.
+    _udp: std::net::UdpSocket,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UdpBlackHole {
+    pub(crate) async fn start() -> Self {
+        // TCP and UDP on one port, as a gossip address needs.
+        let (listener, udp) = loop {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+                break (listener, udp);
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let to = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(dest) = *to.lock().unwrap() else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(dest).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        UdpBlackHole {
+            addr,
+            target,
+            _udp: udp,
+            task,
+        }
+    }
+
+    pub(crate) fn forward_to(&self, dest: SocketAddr) {
+        *self.target.lock().unwrap() = Some(dest);
+    }
+}
+
+impl Drop for UdpBlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_only_tcp_reaches_is_kept_alive_by_the_fallback_ping() {
+    // B advertises a port whose UDP is dropped: every UDP probe of it (direct, and
+    // indirect through C) fails, and only memberlist's TCP fallback ping gets through.
+    let dir = tempfile::tempdir().unwrap();
+    let hole = UdpBlackHole::start().await;
+    let advertise = format!("advertise = \"{}\"\n", hole.addr);
+    let mut a = start_configured(dir.path(), "a", None, None, "");
+    let b = start_configured(dir.path(), "b", None, Some(a.gossip), &advertise);
+    hole.forward_to(b.gossip);
+    let c_node = start_configured(dir.path(), "c", None, Some(a.gossip), "");
+    let c = client();
+    within(Duration::from_secs(20), "three alive members", async || {
+        alive_members(&c, &a).await == 3 && alive_members(&c, &c_node).await == 3
+    })
+    .await;
+    // Long enough for several probes of B from A and C (one target per second each,
+    // round-robin over two) and past a suspicion timeout (4 s at three members): B must
+    // never be suspected.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        for (who, node) in [("A", &a), ("C", &c_node)] {
+            let states = member_states(&c, node).await;
+            assert_eq!(
+                states.get("b").map(String::as_str),
+                Some("alive"),
+                "{who} sees B {states:?} after {:?}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It was the TCP fallback that kept it alive (memberlist logs the same warning).
+    a.process
+        .wait_for("was able to connect over TCP but other probes failed");
+    drop(b);
 }

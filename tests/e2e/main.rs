@@ -8,11 +8,13 @@
 mod balancing;
 mod cli;
 mod cluster;
+mod cluster_interop;
 mod cluster_limits;
 mod dashboard;
 mod deploy;
 mod discovery;
 mod framing;
+mod http2;
 mod plugin_safety;
 mod plugins;
 mod policies;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::messages::{AckResp, ErrResp, Message, MessageType, PushPull};
+use super::messages::{AckResp, ErrResp, Message, MessageType, Ping, PushPull};
 use super::replication::Replication;
 use super::swim::{MemberEvent, Output, Swim, SwimConfig};
 use super::view::ClusterView;
@@ -41,6 +41,8 @@ enum StreamEvent {
     Reply(PushPull),
     /// A user message sent over TCP (memberlist's `SendReliable`).
     User(Vec<u8>),
+    /// How a TCP fallback ping we sent ended.
+    PingResult { seq: u32, contacted: bool },
 }
 
 /// The gossip sockets: TCP and UDP on one port.
@@ -145,7 +147,6 @@ impl Loop {
         let (deltas_tx, mut deltas) = mpsc::unbounded_channel::<Delta>();
         self.gateway.set_gossip(deltas_tx);
         let (streams_tx, mut streams) = mpsc::channel::<StreamEvent>(64);
-        self.refresh_user_state();
         let outputs = self.swim.join(&seeds, Instant::now());
         self.handle(outputs, &streams_tx);
         self.publish_members();
@@ -155,7 +156,6 @@ impl Loop {
         let mut rejoin_at = Instant::now() + rejoin_every;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            self.refresh_user_state();
             let now = Instant::now();
             if !seeds.is_empty() && now >= rejoin_at {
                 if self.swim.members().len() <= 1 {
@@ -185,15 +185,20 @@ impl Loop {
                     if let Ok((stream, from)) = accepted {
                         let keys = self.keys.clone();
                         let events = streams_tx.clone();
-                        tokio::spawn(serve_stream(stream, from, keys, events));
+                        let name = self.gateway.node_name.clone();
+                        tokio::spawn(serve_stream(stream, from, name, keys, events));
                     }
                     Vec::new()
                 }
                 Some(event) = streams.recv() => match event {
                     StreamEvent::Incoming { from, remote, reply } => {
-                        let (ours, outputs) = self.swim.handle_push_pull(from, remote, Instant::now());
+                        let (mut ours, outputs) = self.swim.handle_push_pull(from, remote, Instant::now());
+                        ours.user_state = self.local_user_state();
                         let _ = reply.send(ours);
                         outputs
+                    }
+                    StreamEvent::PingResult { seq, contacted } => {
+                        self.swim.handle_tcp_ping_result(seq, contacted, Instant::now())
                     }
                     StreamEvent::Reply(remote) => self.swim.handle_push_pull_reply(remote, Instant::now()),
                     StreamEvent::User(payload) => {
@@ -232,10 +237,10 @@ impl Loop {
         }
     }
 
-    /// Keeps the push/pull user state (the registry's full state) current.
-    fn refresh_user_state(&mut self) {
+    /// The registry's full state for a push/pull we send or answer.
+    fn local_user_state(&mut self) -> Vec<u8> {
         let registry = self.gateway.registry();
-        self.replication.sync_user_state(&registry, &mut self.swim);
+        self.replication.local_state(&registry).as_ref().clone()
     }
 
     fn broadcast(&mut self, delta: &Delta) {
@@ -257,7 +262,8 @@ impl Loop {
         for output in outputs {
             match output {
                 Output::Packet { to, messages } => self.send_packet(to, &messages),
-                Output::PushPull { to, state } => {
+                Output::PushPull { to, mut state } => {
+                    state.user_state = self.local_user_state();
                     let keys = self.keys.clone();
                     let events = streams.clone();
                     let bytes = self.gateway.metrics.gossip_bytes.clone();
@@ -268,6 +274,27 @@ impl Loop {
                             }
                             Err(e) => tracing::debug!(peer = %to, error = %e, "push/pull failed"),
                         }
+                    });
+                }
+                Output::TcpPing { to, ping, deadline } => {
+                    let keys = self.keys.clone();
+                    let events = streams.clone();
+                    let bytes = self.gateway.metrics.gossip_bytes.clone();
+                    tokio::spawn(async move {
+                        let seq = ping.seq_no;
+                        let pinged =
+                            tokio::time::timeout_at(deadline, tcp_ping(to, ping, &keys, &bytes));
+                        let contacted = match pinged.await {
+                            Ok(Ok(())) => true,
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %to, error = %e, "TCP fallback ping failed");
+                                false
+                            }
+                            Err(_) => false,
+                        };
+                        let _ = events
+                            .send(StreamEvent::PingResult { seq, contacted })
+                            .await;
                     });
                 }
                 Output::Event(event) => {
@@ -413,11 +440,45 @@ async fn push_pull(
         .map_err(|_| "timed out".to_owned())?
 }
 
-/// An accepted gossip stream: a push/pull (answered with our state) or a TCP ping
-/// (answered with an ack, as memberlist's `handleConn` does).
+/// memberlist's `sendPingAndWaitForAck`: a ping over a fresh TCP stream, answered by an
+/// ack with the same sequence number (the caller bounds it by the probe's end).
+async fn tcp_ping(
+    to: SocketAddr,
+    ping: Ping,
+    keys: &Keyring,
+    bytes: &prometheus::IntCounterVec,
+) -> Result<(), String> {
+    let seq = ping.seq_no;
+    let mut stream = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+    let sealed = wire::seal_stream(wire::encode_message(&Message::Ping(ping)), &[], keys)
+        .map_err(|e| e.to_string())?;
+    stream.write_all(&sealed).await.map_err(|e| e.to_string())?;
+    bytes
+        .with_label_values(&["sent", "tcp"])
+        .inc_by(sealed.len() as u64);
+    let mut size = 0;
+    let reply = read_message(&mut stream, |buf| {
+        size = buf.len();
+        let inner = wire::open_stream_reply(buf, &[], keys)?;
+        wire::decode_message(&inner)
+    })
+    .await?;
+    bytes
+        .with_label_values(&["received", "tcp"])
+        .inc_by(size as u64);
+    match reply {
+        Message::Ack(ack) if ack.seq_no == seq => Ok(()),
+        Message::Ack(ack) => Err(format!("ack for {} instead of {seq}", ack.seq_no)),
+        _ => Err("the reply to a ping is not an ack".to_owned()),
+    }
+}
+
+/// An accepted gossip stream: a push/pull (answered with our state), a user message, or
+/// a TCP ping for `name` (answered with an ack, as memberlist's `handleConn` does).
 async fn serve_stream(
     mut stream: TcpStream,
     from: SocketAddr,
+    name: String,
     keys: Keyring,
     events: mpsc::Sender<StreamEvent>,
 ) {
@@ -464,10 +525,16 @@ async fn serve_stream(
                 return Ok(());
             }
             _ => match wire::decode_message(&inner) {
-                Ok(Message::Ping(ping)) => wire::encode_message(&Message::Ack(AckResp {
-                    seq_no: ping.seq_no,
-                    payload: Vec::new(),
-                })),
+                // memberlist ignores a ping for another node (a reused address).
+                Ok(Message::Ping(ping)) if ping.node.is_empty() || ping.node == name => {
+                    wire::encode_message(&Message::Ack(AckResp {
+                        seq_no: ping.seq_no,
+                        payload: Vec::new(),
+                    }))
+                }
+                Ok(Message::Ping(ping)) => {
+                    return Err(format!("ping for another node {:?}", ping.node));
+                }
                 _ => return Err("unsupported stream message".to_owned()),
             },
         };

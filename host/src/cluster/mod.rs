@@ -6,6 +6,8 @@ pub mod messages;
 pub mod replication;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_bench;
 pub mod swim;
 pub mod view;
 pub mod wire;

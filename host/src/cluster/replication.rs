@@ -2,6 +2,8 @@
 //! deltas as user messages (re-gossiped when news), the full registry as push/pull
 //! user state, and membership events (a dead node's registrations withdrawn).
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::swim::{MemberEvent, Swim};
@@ -10,18 +12,23 @@ use crate::registry::{Delta, Registry};
 /// Keeps one node's registry and its SWIM state machine in step.
 #[derive(Debug, Default)]
 pub struct Replication {
-    /// Registry revision last handed to SWIM as push/pull state.
-    state_revision: Option<u64>,
+    /// The registry's full state as last serialised, and the revision it is of.
+    state: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 impl Replication {
-    /// Hands SWIM the registry's full state when it changed (for push/pull).
-    pub fn sync_user_state(&mut self, registry: &Registry, swim: &mut Swim) {
-        if Some(registry.revision()) == self.state_revision {
-            return;
+    /// The registry's full state for a push/pull (memberlist's `Delegate.LocalState`),
+    /// serialised when a push/pull needs it and the registry changed since the last one:
+    /// a large registry that changes often is not re-encoded on every change.
+    pub fn local_state(&mut self, registry: &Registry) -> Arc<Vec<u8>> {
+        if let Some((revision, bytes)) = &self.state
+            && *revision == registry.revision()
+        {
+            return bytes.clone();
         }
-        self.state_revision = Some(registry.revision());
-        swim.set_local_user_state(serde_json::to_vec(&registry.full_state()).unwrap_or_default());
+        let bytes = Arc::new(serde_json::to_vec(&registry.full_state()).unwrap_or_default());
+        self.state = Some((registry.revision(), bytes.clone()));
+        bytes
     }
 
     /// Queues a delta for gossip; a newer delta about the same id replaces it.

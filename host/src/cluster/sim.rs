@@ -1,13 +1,21 @@
-//! Deterministic in-memory network of `Swim` nodes for the cluster tests.
+//! Deterministic in-memory network of `Swim` nodes for the cluster tests and the
+//! `bench/cluster-sim.sh` scenarios (`sim_bench.rs`).
 //!
-//! It models a virtual clock, per-link loss, delay, partitions, crashes and restarts.
-//! Nothing sleeps: the clock is an `Instant` advanced by explicit steps, every random
-//! choice comes from seeded `StdRng`s, and each node is driven the way the real driver
-//! does it (tick when `next_deadline` has passed, feed packets and push/pulls in).
+//! It models a virtual clock, per-link loss, delay, partitions, crashes and restarts,
+//! UDP-only outages (TCP still gets through, as for memberlist's fallback ping; under
+//! loss a TCP ping pays TCP's retransmission timeouts), and
+//! "foreign" members: memberlist nodes without our registry (a Go peer), which neither
+//! apply nor relay registry deltas and send no registry state. Nothing sleeps: the clock
+//! is an `Instant` advanced by explicit steps, every random choice comes from seeded
+//! `StdRng`s, and each node is driven the way the real driver does it (tick when
+//! `next_deadline` has passed, feed packets, push/pulls and TCP ping results in). Bytes
+//! are counted as the driver would send them (messages encoded by the real codec, the
+//! compound and CRC framing, push/pull streams unencrypted), so the figures are wire
+//! sizes in virtual time.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -17,9 +25,10 @@ use tokio::time::Instant;
 use super::messages::{Message, PushPull};
 use super::replication::Replication;
 use super::swim::{MemberEvent, MemberState, Output, Swim, SwimConfig};
-use crate::registry::{Registry, TOMBSTONE_GRACE};
+use super::wire;
+use crate::registry::{Delta, Registry, TOMBSTONE_GRACE};
 
-/// How long a packet or a push/pull leg takes to arrive.
+/// How a packet or a push/pull leg takes to arrive.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SimDelay {
     /// Always this long.
@@ -41,6 +50,23 @@ pub struct SimStats {
     pub push_pulls: u64,
     /// Push/pull exchanges that failed (partition, crash, unknown address).
     pub push_pulls_failed: u64,
+    /// TCP fallback pings sent, and how many reached the node.
+    pub tcp_pings: u64,
+    /// TCP fallback pings answered.
+    pub tcp_pings_answered: u64,
+    /// UDP bytes sent (as the driver frames them: compound and CRC, no encryption).
+    pub udp_bytes: u64,
+    /// TCP bytes sent (push/pull streams both ways, TCP pings and acks).
+    pub tcp_bytes: u64,
+    /// The largest push/pull stream message seen, in bytes.
+    pub max_push_pull_bytes: u64,
+}
+
+impl SimStats {
+    /// Every byte sent, UDP and TCP.
+    pub fn bytes(&self) -> u64 {
+        self.udp_bytes + self.tcp_bytes
+    }
 }
 
 /// Something on the wire.
@@ -61,6 +87,13 @@ enum Payload {
         to: usize,
         to_gen: u64,
         state: PushPull,
+    },
+    /// The outcome of a TCP fallback ping, back at the prober.
+    TcpPingResult {
+        to: usize,
+        to_gen: u64,
+        seq: u32,
+        contacted: bool,
     },
 }
 
@@ -97,6 +130,9 @@ pub struct SimNode {
     pub swim: Swim,
     /// A crashed node neither processes nor sends anything.
     pub crashed: bool,
+    /// A memberlist node without our registry (as a Go peer): it drops user messages
+    /// and push/pull state, and never relays them.
+    pub foreign: bool,
     /// Bumped on restart so replies to the old process are dropped like a broken stream.
     generation: u64,
     /// Every membership event the node reported, with its time.
@@ -111,7 +147,7 @@ pub struct SimNode {
     events_applied: usize,
 }
 
-/// N `Swim` nodes at 10.0.0.(i+1):7946 on a simulated network.
+/// N `Swim` nodes at 10.0.0.1:7946, 10.0.0.2:7946, ... on a simulated network.
 pub struct SimNetwork {
     start: Instant,
     now: Instant,
@@ -124,24 +160,27 @@ pub struct SimNetwork {
     next_seq: u64,
     loss: f64,
     link_loss: HashMap<(usize, usize), f64>,
+    /// Nodes no UDP packet reaches or leaves (TCP still works).
+    udp_blocked: Vec<bool>,
     delay: SimDelay,
     /// Partition group per node; nodes in different groups cannot talk.
     groups: Option<Vec<u8>>,
     relay_user: bool,
+    relay_registry: bool,
     configure: Box<dyn Fn(&mut SwimConfig)>,
     /// What the network did so far.
     pub stats: SimStats,
 }
 
 impl SimNetwork {
-    /// `n` (at most 254) nodes with memberlist's LAN defaults, none joined yet.
+    /// `n` nodes with memberlist's LAN defaults, none joined yet.
     pub fn new(n: usize, seed: u64) -> Self {
         Self::with_config(n, seed, |_| {})
     }
 
     /// Like [`SimNetwork::new`], with `configure` applied to every node's config.
     pub fn with_config(n: usize, seed: u64, configure: impl Fn(&mut SwimConfig) + 'static) -> Self {
-        assert!(n <= 254, "addresses are 10.0.0.1 ..= 10.0.0.254");
+        assert!(n < 1 << 24, "addresses are 10.0.0.1 ..= 10.255.255.255");
         let start = Instant::now();
         let mut net = SimNetwork {
             start,
@@ -155,9 +194,11 @@ impl SimNetwork {
             next_seq: 0,
             loss: 0.0,
             link_loss: HashMap::new(),
+            udp_blocked: vec![false; n],
             delay: SimDelay::Uniform(Duration::from_millis(1), Duration::from_millis(5)),
             groups: None,
             relay_user: false,
+            relay_registry: true,
             configure: Box::new(configure),
             stats: SimStats::default(),
         };
@@ -167,6 +208,7 @@ impl SimNetwork {
             net.nodes.push(SimNode {
                 swim,
                 crashed: false,
+                foreign: false,
                 generation: 0,
                 events: Vec::new(),
                 user_seen: BTreeMap::new(),
@@ -178,10 +220,10 @@ impl SimNetwork {
         net
     }
 
-    /// Node `i`'s address.
+    /// Node `i`'s address: 10.0.0.1 for node 0, counting up through the 10/8 network.
     pub fn addr(i: usize) -> SocketAddr {
-        let last = u8::try_from(i + 1).unwrap_or(u8::MAX);
-        SocketAddr::from(([10, 0, 0, last], 7946))
+        let offset = u32::try_from(i + 1).unwrap_or(u32::MAX) & 0x00ff_ffff;
+        SocketAddr::from((Ipv4Addr::from(0x0a00_0000 | offset), 7946))
     }
 
     /// Node `i`'s name.
@@ -218,7 +260,13 @@ impl SimNetwork {
 
     /// Node `i` joins through node `seed`.
     pub fn join(&mut self, i: usize, seed: usize) {
-        let outs = self.nodes[i].swim.join(&[Self::addr(seed)], self.now);
+        self.join_many(i, &[seed]);
+    }
+
+    /// Node `i` joins through each of `seeds` (a push/pull with each, as `Join` does).
+    pub fn join_many(&mut self, i: usize, seeds: &[usize]) {
+        let addrs: Vec<SocketAddr> = seeds.iter().map(|&s| Self::addr(s)).collect();
+        let outs = self.nodes[i].swim.join(&addrs, self.now);
         self.route(i, outs);
     }
 
@@ -230,6 +278,12 @@ impl SimNetwork {
     /// Loss probability for packets from `a` to `b`.
     pub fn set_link_loss(&mut self, a: usize, b: usize, p: f64) {
         self.link_loss.insert((a, b), p);
+    }
+
+    /// No UDP packet reaches or leaves node `i` while `blocked` (a firewall dropping UDP);
+    /// its TCP streams still work.
+    pub fn set_udp_blocked(&mut self, i: usize, blocked: bool) {
+        self.udp_blocked[i] = blocked;
     }
 
     /// Delay of every packet and push/pull leg.
@@ -264,6 +318,12 @@ impl SimNetwork {
         self.nodes[i].crashed = true;
     }
 
+    /// Make node `i` a memberlist node without our registry (see [`SimNode::foreign`]).
+    pub fn set_foreign(&mut self, i: usize) {
+        self.nodes[i].foreign = true;
+        self.nodes[i].registry = None;
+    }
+
     /// A fresh process for node `i` (same name and address, incarnation 1); call
     /// [`SimNetwork::join`] to have it rejoin.
     pub fn restart(&mut self, i: usize) {
@@ -287,13 +347,23 @@ impl SimNetwork {
         1_000_000 + (self.now - self.start).as_millis() as u64
     }
 
-    /// Gives every node a service registry replicated over the simulated gossip.
+    /// Gives every node but the foreign ones a service registry replicated over the
+    /// simulated gossip.
     pub fn enable_registries(&mut self) {
         let start_ms = self.virtual_ms();
         for (i, node) in self.nodes.iter_mut().enumerate() {
+            if node.foreign {
+                continue;
+            }
             node.registry = Some(Registry::new(Self::name(i), start_ms, TOMBSTONE_GRACE));
             node.events_applied = node.events.len();
         }
+    }
+
+    /// Whether registry deltas received by gossip are gossiped on (the default, as the
+    /// driver does); off, only their origin gossips them and push/pull does the rest.
+    pub fn set_registry_relay(&mut self, relay: bool) {
+        self.relay_registry = relay;
     }
 
     /// Registers `reg` on node `i` (as `POST /api/v1/services/register` there would).
@@ -319,6 +389,14 @@ impl SimNetwork {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether node `i`'s registry holds instance `id` live.
+    pub fn has_registration(&self, i: usize, id: &str) -> bool {
+        self.nodes[i]
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.is_live(id))
     }
 
     /// Act as the application layer (the registry) does: re-broadcast every user
@@ -367,10 +445,19 @@ impl SimNetwork {
     pub fn run_until(
         &mut self,
         limit: Duration,
+        done: impl FnMut(&SimNetwork) -> bool,
+    ) -> Option<Duration> {
+        self.run_until_every(limit, Duration::from_millis(100), done)
+    }
+
+    /// [`SimNetwork::run_until`] with `done` checked every `check_every`.
+    pub fn run_until_every(
+        &mut self,
+        limit: Duration,
+        check_every: Duration,
         mut done: impl FnMut(&SimNetwork) -> bool,
     ) -> Option<Duration> {
         let start = self.now;
-        let check_every = Duration::from_millis(100);
         let mut next_check = start;
         while self.now - start <= limit {
             if self.now >= next_check {
@@ -397,18 +484,25 @@ impl SimNetwork {
 
     /// How node `i` sees `name` (None: unknown or reaped).
     pub fn state_of(&self, i: usize, name: &str) -> Option<MemberState> {
-        self.nodes[i]
-            .swim
-            .members()
-            .into_iter()
-            .find(|m| m.name == name)
-            .map(|m| m.state)
+        self.nodes[i].swim.member(name).map(|m| m.state)
     }
 
     /// Every node in `set` sees exactly the nodes of `set` alive.
     pub fn all_agree(&self, set: &[usize]) -> bool {
-        let expected: BTreeSet<String> = set.iter().map(|&i| Self::name(i)).collect();
-        set.iter().all(|&i| self.alive_names(i) == expected)
+        let names: Vec<String> = set.iter().map(|&j| Self::name(j)).collect();
+        set.iter().all(|&i| {
+            self.nodes[i].swim.alive_count() == set.len()
+                && names
+                    .iter()
+                    .all(|name| self.state_of(i, name) == Some(MemberState::Alive))
+        })
+    }
+
+    /// Every node in `set` sees `set.len()` members alive (cheaper than
+    /// [`SimNetwork::all_agree`]; the same when nobody else is alive).
+    pub fn all_count_alive(&self, set: &[usize]) -> bool {
+        set.iter()
+            .all(|&i| self.nodes[i].swim.alive_count() == set.len())
     }
 
     fn delay(&mut self) -> Duration {
@@ -422,11 +516,20 @@ impl SimNetwork {
         }
     }
 
-    fn enqueue(&mut self, payload: Payload) {
-        let due = self.now + self.delay();
+    fn enqueue_at(&mut self, due: Instant, payload: Payload) {
         self.next_seq += 1;
         let seq = self.next_seq;
         self.queue.push(InFlight { due, seq, payload });
+    }
+
+    fn enqueue(&mut self, payload: Payload) {
+        let due = self.now + self.delay();
+        self.enqueue_at(due, payload);
+    }
+
+    /// The loss probability of packets from `a` to `b`.
+    fn link_loss(&self, a: usize, b: usize) -> f64 {
+        self.link_loss.get(&(a, b)).copied().unwrap_or(self.loss)
     }
 
     fn can_reach(&self, a: usize, b: usize) -> bool {
@@ -438,27 +541,105 @@ impl SimNetwork {
             match out {
                 Output::Packet { to, messages } => self.send_packet(from, to, messages),
                 Output::PushPull { to, state } => self.start_push_pull(from, to, state),
+                Output::TcpPing { to, ping, deadline } => {
+                    let seq = ping.seq_no;
+                    let bytes = Self::packet_bytes(&[Message::Ping(ping)]);
+                    self.stats.tcp_bytes += bytes;
+                    self.tcp_ping(from, to, seq, deadline)
+                }
                 Output::Event(e) => self.nodes[from].events.push((self.now, e)),
             }
         }
     }
 
+    /// The bytes the driver would put on the wire for `messages` (one packet).
+    fn packet_bytes(messages: &[Message]) -> u64 {
+        let body: usize = messages.iter().map(|m| wire::encode_message(m).len()).sum();
+        // Compound header and per-part lengths when more than one; the CRC header.
+        let framing = if messages.len() > 1 {
+            2 + 2 * messages.len()
+        } else {
+            0
+        };
+        (body + framing + 5) as u64
+    }
+
     fn send_packet(&mut self, from: usize, to: SocketAddr, messages: Vec<Message>) {
         self.stats.packets += 1;
+        self.stats.udp_bytes += Self::packet_bytes(&messages);
         let Some(&to) = self.by_addr.get(&to) else {
             self.stats.blocked += 1;
             return;
         };
-        let loss = self
-            .link_loss
-            .get(&(from, to))
-            .copied()
-            .unwrap_or(self.loss);
+        if self.udp_blocked[from] || self.udp_blocked[to] {
+            self.stats.blocked += 1;
+            return;
+        }
+        let loss = self.link_loss(from, to);
         if loss > 0.0 && self.rng.random::<f64>() < loss {
             self.stats.lost += 1;
             return;
         }
         self.enqueue(Payload::Packet { from, to, messages });
+    }
+
+    /// A TCP ping takes a connect and a ping/ack round trip; a node that is down or cut
+    /// off does not answer, and the prober hears so at the probe's end.
+    fn tcp_ping(&mut self, from: usize, to: SocketAddr, seq: u32, deadline: Instant) {
+        self.stats.tcp_pings += 1;
+        let to_gen = self.nodes[from].generation;
+        let answered = self
+            .by_addr
+            .get(&to)
+            .is_some_and(|&t| !self.nodes[t].crashed && self.can_reach(from, t));
+        // Connect, then the ping and its ack. Under loss, TCP retransmits: a lost SYN or
+        // SYN-ACK after Linux's 1 s initial timeout, a lost data segment after its 200 ms
+        // minimum RTO (so at 10% loss about a fifth of these pings miss the probe's end).
+        let mut back_at = self.now + self.delay() + self.delay();
+        if let Some(&t) = self.by_addr.get(&to) {
+            let (out, back) = (self.link_loss(from, t), self.link_loss(t, from));
+            for (p, retry) in [
+                (out, Duration::from_secs(1)),
+                (back, Duration::from_secs(1)),
+                (out, Duration::from_millis(200)),
+                (back, Duration::from_millis(200)),
+            ] {
+                if p > 0.0 && self.rng.random::<f64>() < p {
+                    back_at += retry;
+                }
+            }
+        }
+        let (due, contacted) = if answered && back_at <= deadline {
+            self.stats.tcp_pings_answered += 1;
+            // The ack: a sequence number and an empty payload.
+            self.stats.tcp_bytes += 8;
+            (back_at, true)
+        } else {
+            (deadline, false)
+        };
+        let result = Payload::TcpPingResult {
+            to: from,
+            to_gen,
+            seq,
+            contacted,
+        };
+        self.enqueue_at(due, result);
+    }
+
+    /// Fills in the application's push/pull state as the driver does at send time.
+    fn with_user_state(&mut self, i: usize, mut state: PushPull) -> PushPull {
+        // Encoded afresh each time: a cache per node (as the driver keeps one) would hold
+        // a whole registry's bytes for each of a thousand nodes.
+        if let Some(registry) = self.nodes[i].registry.as_ref() {
+            state.user_state = Replication::default()
+                .local_state(registry)
+                .as_ref()
+                .clone();
+        }
+        let bytes = wire::encode_push_pull(&state).len() as u64;
+        self.stats.tcp_bytes += bytes;
+        self.stats.max_push_pull_bytes = self.stats.max_push_pull_bytes.max(bytes);
+        state
     }
 
     fn start_push_pull(&mut self, from: usize, to: SocketAddr, state: PushPull) {
@@ -467,6 +648,7 @@ impl SimNetwork {
             self.stats.push_pulls_failed += 1;
             return;
         };
+        let state = self.with_user_state(from, state);
         let from_gen = self.nodes[from].generation;
         self.enqueue(Payload::PushPullRequest {
             from,
@@ -505,6 +687,7 @@ impl SimNetwork {
                         .swim
                         .handle_push_pull(Self::addr(from), state, now);
                 self.route(to, outs);
+                let reply = self.with_user_state(to, reply);
                 self.enqueue(Payload::PushPullReply {
                     from: to,
                     to: from,
@@ -526,6 +709,20 @@ impl SimNetwork {
                 let outs = self.nodes[to].swim.handle_push_pull_reply(state, now);
                 self.route(to, outs);
             }
+            Payload::TcpPingResult {
+                to,
+                to_gen,
+                seq,
+                contacted,
+            } => {
+                if self.nodes[to].crashed || self.nodes[to].generation != to_gen {
+                    return;
+                }
+                let outs = self.nodes[to]
+                    .swim
+                    .handle_tcp_ping_result(seq, contacted, now);
+                self.route(to, outs);
+            }
         }
     }
 
@@ -533,18 +730,35 @@ impl SimNetwork {
     fn app_layer(&mut self) {
         let now = self.now;
         let relay = self.relay_user;
+        let relay_registry = self.relay_registry;
         for node in self.nodes.iter_mut().filter(|n| !n.crashed) {
             if let Some(registry) = node.registry.as_mut() {
                 for (_, event) in &node.events[node.events_applied..] {
                     Replication::on_event(registry, &mut node.swim, event, now);
                 }
                 node.events_applied = node.events.len();
-                node.replication.receive(registry, &mut node.swim, now);
-                node.replication.sync_user_state(registry, &mut node.swim);
+                if relay_registry {
+                    node.replication.receive(registry, &mut node.swim, now);
+                } else {
+                    for payload in node.swim.take_user_messages() {
+                        if let Ok(delta) = serde_json::from_slice::<Delta>(&payload) {
+                            registry.apply(delta, now);
+                        }
+                    }
+                    for state in node.swim.take_remote_user_states() {
+                        if let Ok(deltas) = serde_json::from_slice::<Vec<Delta>>(&state) {
+                            registry.merge(deltas, now);
+                        }
+                    }
+                }
                 continue;
             }
             let _ = node.swim.take_remote_user_states();
-            for payload in node.swim.take_user_messages() {
+            let payloads = node.swim.take_user_messages();
+            if node.foreign {
+                continue;
+            }
+            for payload in payloads {
                 if node.user_seen.contains_key(&payload) {
                     continue;
                 }
@@ -964,5 +1178,50 @@ mod tests {
             })
             .expect("a crashed node's registrations are withdrawn everywhere");
         eprintln!("[sim] crashed node's registrations withdrawn on all 49 others after {took:?}");
+    }
+
+    #[test]
+    fn a_node_only_udp_cannot_reach_stays_alive_through_the_tcp_fallback() {
+        // Node 7's UDP is dropped both ways for 40 s (a firewall); TCP still works. With
+        // memberlist's fallback ping every probe of it succeeds over TCP; without, it is
+        // suspected and declared dead like a crashed node.
+        let run = |tcp_pings: bool| {
+            let mut net =
+                SimNetwork::with_config(20, 12, move |c| c.disable_tcp_pings = !tcp_pings);
+            for i in 1..20 {
+                net.join(i, 0);
+            }
+            let all: Vec<usize> = (0..20).collect();
+            assert!(
+                net.run_until(Duration::from_secs(60), |net| net.all_agree(&all))
+                    .is_some()
+            );
+            let t0 = net.now();
+            net.set_udp_blocked(7, true);
+            net.run_for(Duration::from_secs(40));
+            let about_7 = |pred: fn(&MemberEvent, &str) -> bool| {
+                count_events(&net, t0, |e| pred(e, "node-7"))
+            };
+            let suspected = about_7(|e, n| *e == MemberEvent::Suspected(n.to_owned()));
+            let died = about_7(|e, n| *e == MemberEvent::Died(n.to_owned()));
+            let others_died = count_events(&net, t0, |e| matches!(e, MemberEvent::Died(_))) - died;
+            eprintln!(
+                "[sim] UDP to/from node-7 dropped for 40 s, TCP pings {}: {suspected} suspect and \
+                 {died} dead events about it, {others_died} about others; {} TCP pings, {} answered",
+                if tcp_pings { "on" } else { "off" },
+                net.stats.tcp_pings,
+                net.stats.tcp_pings_answered
+            );
+            (suspected, died, others_died, net)
+        };
+        let (suspected, died, others_died, net) = run(true);
+        assert_eq!((suspected, died, others_died), (0, 0, 0));
+        assert!(net.stats.tcp_pings_answered > 0);
+        for i in (0..20).filter(|&i| i != 7) {
+            assert_eq!(net.state_of(i, "node-7"), Some(MemberState::Alive));
+        }
+        let (_, died, _, net) = run(false);
+        assert!(died > 0, "without the fallback node-7 is declared dead");
+        assert_eq!(net.stats.tcp_pings, 0);
     }
 }

@@ -58,6 +58,12 @@ pub struct Http2Config {
     /// Streams the server may reset for a client's protocol errors before it closes
     /// the connection (GOAWAY).
     pub max_local_error_reset_streams: usize,
+    /// Streams a client may cancel (RST_STREAM) after the gateway started on them and
+    /// before their answer, per second on one connection (a burst of as many allowed);
+    /// past it the connection gets GOAWAY and is closed. This is the rapid reset that
+    /// `max_pending_accept_reset_streams` does not see: each stream reset only once
+    /// accepted. 0 = no limit.
+    pub max_cancelled_streams_per_s: u32,
     /// A PING every this often on an idle connection...
     pub keep_alive_interval_ms: u64,
     /// ...which must be answered within this time, else the connection is closed.
@@ -71,6 +77,7 @@ impl Default for Http2Config {
             max_header_list_bytes: 64 * 1024,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 200,
+            max_cancelled_streams_per_s: 100,
             keep_alive_interval_ms: 60_000,
             keep_alive_timeout_ms: 20_000,
         }

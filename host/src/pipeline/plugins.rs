@@ -176,19 +176,23 @@ pub(super) async fn on_response(
     Ok(into_response(state, streamed, length))
 }
 
-/// The client's answer from the plugins' view of it. `streamed` is the upstream body
-/// when it was not buffered; it goes on (with its length) unless a plugin replaced it.
 /// A plugin's refusal of a gRPC call in the form gRPC clients read: the status mapped
-/// to a gRPC code, the body (when short text) or the reason phrase as the message.
+/// to a gRPC code; as the message, the body's `message` when it is a JSON error like
+/// the gateway's own (api-key-auth, jwt-auth answer so), else the body when short
+/// text, else the reason phrase.
 fn grpc_refusal(response: &ResponseState) -> Response<GatewayBody> {
     let text = response
         .body
         .as_deref()
         .filter(|b| !b.is_empty() && b.len() <= 1024)
         .and_then(|b| std::str::from_utf8(b).ok());
-    let message = match text {
-        Some(text) => text.trim().to_owned(),
-        None => format!(
+    let json_message = text
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned));
+    let message = match (json_message, text) {
+        (Some(message), _) => message,
+        (None, Some(text)) => text.trim().to_owned(),
+        (None, None) => format!(
             "{} {}",
             response.status.as_u16(),
             response.status.canonical_reason().unwrap_or("refused")
@@ -206,6 +210,8 @@ fn grpc_refusal(response: &ResponseState) -> Response<GatewayBody> {
     answer
 }
 
+/// The client's answer from the plugins' view of it. `streamed` is the upstream body
+/// when it was not buffered; it goes on (with its length) unless a plugin replaced it.
 fn into_response(
     state: ResponseState,
     streamed: Option<GatewayBody>,

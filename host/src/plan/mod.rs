@@ -360,6 +360,28 @@ mod tests {
     }
 
     #[test]
+    fn http2_limits_must_be_usable() {
+        let found = problems(
+            "[server.http2]\nmax_concurrent_streams = 0\nmax_header_list_bytes = 2000000\n\
+             keep_alive_timeout_ms = 0\n",
+        );
+        for expected in [
+            "server.http2.max_concurrent_streams: must be greater than 0",
+            "server.http2.max_header_list_bytes: must be at most 1048576",
+            "server.http2.keep_alive_timeout_ms: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|f| f == expected),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        assert_eq!(
+            problems("[server]\nh2c = true\n[server.http2]\nmax_cancelled_streams_per_s = 0\n"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn plugin_chains_accept_names_and_tables_and_reject_unknown_keys() {
         let ok = format!(
             "{UPSTREAM}[plugins]\nglobal = [\"trace\"]\n[[routes]]\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"api-key-auth\", {{ name = \"header-rewrite\", config = {{ set = {{ x = \"1\" }} }} }}]\n"

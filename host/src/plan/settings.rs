@@ -62,7 +62,36 @@ pub(super) fn check_server(config: &Config, out: &mut Vec<Problem>) -> Option<So
             "must be at most 1048576",
         ));
     }
+    check_http2(s, out);
     listen
+}
+
+/// `[server.http2]`: a zero would refuse every stream or header, or make hyper's
+/// keep-alive timer spin; the header list is capped like `max_header_bytes`.
+fn check_http2(s: &crate::config::ServerConfig, out: &mut Vec<Problem>) {
+    let h2 = &s.http2;
+    for (key, value) in [
+        (
+            "max_concurrent_streams",
+            u64::from(h2.max_concurrent_streams),
+        ),
+        ("max_header_list_bytes", u64::from(h2.max_header_list_bytes)),
+        ("keep_alive_interval_ms", h2.keep_alive_interval_ms),
+        ("keep_alive_timeout_ms", h2.keep_alive_timeout_ms),
+    ] {
+        if value == 0 {
+            out.push(Problem::new(
+                format!("server.http2.{key}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if h2.max_header_list_bytes > 1024 * 1024 {
+        out.push(Problem::new(
+            "server.http2.max_header_list_bytes",
+            "must be at most 1048576",
+        ));
+    }
 }
 
 /// Checks `[cluster]` and compiles it.

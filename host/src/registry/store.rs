@@ -240,6 +240,16 @@ impl Registry {
         deltas
     }
 
+    /// Whether instance `id` is registered (live) here.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.entries.get(id).is_some_and(|e| e.reg.is_some())
+    }
+
+    /// How many instances are registered (live) here.
+    pub fn live_count(&self) -> usize {
+        self.entries.values().filter(|e| e.reg.is_some()).count()
+    }
+
     /// Live instances by service name.
     pub fn services(&self) -> BTreeMap<String, Vec<(&Registration, &Stamp)>> {
         let mut out: BTreeMap<String, Vec<(&Registration, &Stamp)>> = BTreeMap::new();

@@ -51,6 +51,9 @@ impl ClientSettings {
 pub(super) fn new_client(settings: &ClientSettings) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    // The TLS connector wraps this one for https:// targets: without this the plain
+    // connector refuses every URL that is not http:// ("scheme is not http").
+    http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
     http.set_keepalive(Some(Duration::from_secs(60)));
     // https:// URIs reach this connector too; the TLS layer around it handles them.

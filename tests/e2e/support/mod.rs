@@ -2,6 +2,8 @@
 
 pub mod certs;
 pub mod daemons;
+pub mod h2;
+pub mod python;
 pub mod upstream;
 pub mod wasm;
 

@@ -19,6 +19,8 @@ pub struct SwimConfig {
     pub probe_timeout: Duration,
     /// Peers asked to probe indirectly after a missed ack.
     pub indirect_checks: usize,
+    /// Skip the TCP fallback ping of a failed probe (memberlist's `DisableTcpPings`).
+    pub disable_tcp_pings: bool,
     /// Suspicion timeout multiplier (×log10(n)×probe interval).
     pub suspicion_mult: u32,
     /// The suspicion timeout without confirmations is this many times the minimum.
@@ -59,6 +61,7 @@ impl SwimConfig {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_checks: 3,
+            disable_tcp_pings: false,
             suspicion_mult: 4,
             suspicion_max_timeout_mult: 6,
             retransmit_mult: 4,

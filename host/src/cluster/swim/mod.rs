@@ -6,8 +6,6 @@
 //! socket, so the whole protocol runs deterministically under a simulated network.
 //!
 //! Deliberate departures from memberlist:
-//! - no TCP fallback ping (`probeNode`'s `sendPingAndWaitForAck`): a probe fails after the
-//!   UDP direct and indirect attempts;
 //! - no protocol-version negotiation (`verifyProtocol`): we advertise [`VSN`] and accept
 //!   any peer whose version triple is well-formed;
 //! - serf's reconnect loop (`serf.reconnect`) is built in, because FluxGate has no serf
@@ -51,7 +49,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::messages::{Alive, Dead, Message, NodeState, PushPull};
+use super::messages::{Alive, Dead, Message, NodeState, Ping, PushPull};
 use awareness::Awareness;
 use queue::TransmitLimitedQueue;
 use suspicion::Suspicion;
@@ -118,12 +116,25 @@ pub enum Output {
         messages: Vec<Message>,
     },
     /// Open a TCP stream to `to` and exchange push/pull state; feed the answer back with
-    /// [`Swim::handle_push_pull_reply`].
+    /// [`Swim::handle_push_pull_reply`]. `state.user_state` is empty: the driver fills in
+    /// the application's state at send time (memberlist asks `Delegate.LocalState` then).
     PushPull {
         /// Destination.
         to: SocketAddr,
         /// Our side of the exchange.
         state: PushPull,
+    },
+    /// memberlist's TCP fallback ping (`sendPingAndWaitForAck`): open a TCP stream to
+    /// `to`, send `ping`, and wait for an ack with the same sequence number until
+    /// `deadline`; report the outcome with [`Swim::handle_tcp_ping_result`] (a node that
+    /// only UDP cannot reach is then not suspected).
+    TcpPing {
+        /// The probed node.
+        to: SocketAddr,
+        /// The probe's ping (same sequence number as the UDP one).
+        ping: Ping,
+        /// When the probe ends; the stream is given up then.
+        deadline: Instant,
     },
     /// Membership changed (for the registry and logs).
     Event(MemberEvent),
@@ -180,6 +191,19 @@ struct Probe {
     indirect_sent: bool,
     expected_nacks: u32,
     nacks: u32,
+    /// The TCP fallback ping sent with the indirect pings, if any.
+    fallback: Option<Fallback>,
+}
+
+/// Where a probe's TCP fallback ping stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// Sent; the driver has not reported yet.
+    Pending,
+    /// The node answered over TCP.
+    Contacted,
+    /// No answer (refused, timed out, wrong reply).
+    Failed,
 }
 
 /// An indirect ping we relay for a peer (`handleIndirectPing`'s ack handler and nack timer).
@@ -222,7 +246,6 @@ pub struct Swim {
     next_push_pull: Option<Instant>,
     next_reconnect: Option<Instant>,
     last_now: Instant,
-    local_user_state: Vec<u8>,
     remote_user_states: VecDeque<Vec<u8>>,
     user_messages: VecDeque<Vec<u8>>,
     out: Vec<Output>,
@@ -261,7 +284,6 @@ impl Swim {
             next_push_pull: None,
             next_reconnect: None,
             last_now: now,
-            local_user_state: Vec::new(),
             remote_user_states: VecDeque::new(),
             user_messages: VecDeque::new(),
             out: Vec::new(),
@@ -352,7 +374,7 @@ impl Swim {
     pub fn next_deadline(&self) -> Instant {
         let probe_times = match &self.probe {
             Some(p) if !p.indirect_sent => [Some(p.timeout_at), Some(p.deadline)],
-            Some(p) => [Some(p.deadline), None],
+            Some(p) => [Some(p.decision_at()), None],
             None => [self.next_probe, None],
         };
         let timers = [self.next_gossip, self.next_push_pull, self.next_reconnect];
@@ -397,7 +419,8 @@ impl Swim {
     }
 
     /// An incoming TCP push/pull: answer with our state as it was before merging theirs
-    /// (memberlist's `handleConn` sends first, then `mergeRemoteState`).
+    /// (memberlist's `handleConn` sends first, then `mergeRemoteState`). As for
+    /// [`Output::PushPull`], the caller adds its application state to the reply.
     pub fn handle_push_pull(
         &mut self,
         from: SocketAddr,
@@ -409,6 +432,19 @@ impl Swim {
         let reply = self.local_state(remote.join);
         self.merge_remote(remote, now);
         (reply, self.take_out())
+    }
+
+    /// The outcome of an [`Output::TcpPing`]: `contacted` when the node acked over TCP.
+    pub fn handle_tcp_ping_result(
+        &mut self,
+        seq: u32,
+        contacted: bool,
+        now: Instant,
+    ) -> Vec<Output> {
+        self.last_now = now;
+        self.tcp_ping_result(seq, contacted);
+        self.advance_probe(now);
+        self.take_out()
     }
 
     /// The answer to our own push/pull (memberlist's `pushPullNode` → `mergeRemoteState`).
@@ -426,11 +462,6 @@ impl Swim {
         self.user_broadcasts.queue(key, Message::User(payload));
     }
 
-    /// Application state sent in every push/pull (memberlist's `Delegate.LocalState`).
-    pub fn set_local_user_state(&mut self, state: Vec<u8>) {
-        self.local_user_state = state;
-    }
-
     /// Non-empty user states received in push/pulls since the last call (oldest first).
     pub fn take_remote_user_states(&mut self) -> Vec<Vec<u8>> {
         self.remote_user_states.drain(..).collect()
@@ -439,6 +470,19 @@ impl Swim {
     /// `Message::User` payloads received since the last call (oldest first).
     pub fn take_user_messages(&mut self) -> Vec<Vec<u8>> {
         self.user_messages.drain(..).collect()
+    }
+
+    /// One member by name (None: unknown or reaped).
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.nodes.get(name).map(|e| &e.member)
+    }
+
+    /// How many known members (ourselves included) are alive.
+    pub fn alive_count(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|e| e.member.state == MemberState::Alive)
+            .count()
     }
 
     /// Every known member, including ourselves and dead members not yet reaped.

@@ -1,17 +1,34 @@
 //! Failure detection: direct and indirect probes, acks, nacks, and pings relayed for peers.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{
-    MemberState, Output, Probe, Relay, Swim, due, ip_bytes, k_random_nodes, next_period,
+    Fallback, MemberState, Output, Probe, Relay, Swim, due, ip_bytes, k_random_nodes, next_period,
     socket_addr, source_or,
 };
 use crate::cluster::messages::{AckResp, IndirectPingReq, Message, NackResp, Ping, Suspect};
 
 /// Most indirect pings we relay at once (peer input must not grow memory unboundedly).
 const MAX_RELAYS: usize = 1024;
+/// How long past the probe's end we wait for the driver to report a TCP fallback ping
+/// still under way (its stream is given up at the probe's end; this covers the hand-over,
+/// as `probeNode` waits for the fallback goroutine to finish).
+const FALLBACK_GRACE: Duration = Duration::from_millis(50);
+
+impl Probe {
+    /// When the probe's outcome is decided: its end, or shortly after while a TCP
+    /// fallback ping is still unreported.
+    pub(super) fn decision_at(&self) -> Instant {
+        if self.fallback == Some(Fallback::Pending) {
+            self.deadline + FALLBACK_GRACE
+        } else {
+            self.deadline
+        }
+    }
+}
 
 impl Swim {
     // ---- probing (state.go: probe, probeNode) ----
@@ -96,6 +113,7 @@ impl Swim {
             indirect_sent: false,
             expected_nacks: 0,
             nacks: 0,
+            fallback: None,
         });
     }
 
@@ -104,21 +122,44 @@ impl Swim {
         if !p.indirect_sent && now >= p.timeout_at {
             self.send_indirect_pings();
         }
-        if self.probe.as_ref().is_some_and(|p| now >= p.deadline) {
-            self.probe_failed(now);
+        let Some(p) = &self.probe else { return };
+        if now < p.decision_at() {
+            return;
+        }
+        if p.fallback == Some(Fallback::Contacted) {
+            // `probeNode`: the UDP probes failed but TCP got through; the node is not
+            // suspected (and the probe counts as a success for our health).
+            tracing::warn!(node = %p.node, "was able to connect over TCP but other probes failed, network may be misconfigured");
+            self.probe = None;
+            self.awareness.apply_delta(-1);
+            return;
+        }
+        self.probe_failed(now);
+    }
+
+    /// Records the driver's report on the TCP fallback ping of the probe `seq`.
+    pub(super) fn tcp_ping_result(&mut self, seq: u32, contacted: bool) {
+        if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
+            p.fallback = Some(if contacted {
+                Fallback::Contacted
+            } else {
+                Fallback::Failed
+            });
         }
     }
 
     /// `probeNode`, second half: ask `indirect_checks` random alive peers to probe for us,
-    /// wanting nacks from those that understand protocol 4.
+    /// wanting nacks from those that understand protocol 4, and (unless disabled) try the
+    /// node directly over TCP if it speaks protocol 3 or later.
     fn send_indirect_pings(&mut self) {
         let Some(p) = self.probe.as_mut() else { return };
         p.indirect_sent = true;
-        let (seq, target) = (p.seq, p.node.clone());
+        let (seq, target, deadline) = (p.seq, p.node.clone(), p.deadline);
         let Some(entry) = self.nodes.get(&target) else {
             return;
         };
         let (t_ip, t_port) = (ip_bytes(entry.member.addr.ip()), entry.member.addr.port());
+        let (t_addr, t_pmax) = (entry.member.addr, entry.pmax());
         let me = self.config.name.clone();
         let peers = k_random_nodes(
             &mut self.rng,
@@ -150,8 +191,24 @@ impl Swim {
             });
             self.send_msg(peer_addr, ind);
         }
+        let fallback = !self.config.disable_tcp_pings && t_pmax >= 3;
         if let Some(p) = self.probe.as_mut() {
             p.expected_nacks = expected;
+            p.fallback = fallback.then_some(Fallback::Pending);
+        }
+        if fallback {
+            let ping = Ping {
+                seq_no: seq,
+                node: target,
+                source_addr: self.self_ip_bytes(),
+                source_port: self.config.addr.port(),
+                source_node: me,
+            };
+            self.out.push(Output::TcpPing {
+                to: t_addr,
+                ping,
+                deadline,
+            });
         }
     }
 
@@ -275,37 +332,58 @@ impl Swim {
 mod tests {
     use super::*;
     use crate::cluster::swim::test_support::*;
-    use crate::cluster::swim::{MemberEvent, Output};
-    use std::time::Duration;
+    use crate::cluster::swim::{MemberEvent, Output, SwimConfig};
 
-    #[test]
-    fn failed_probe_goes_indirect_then_suspects() {
-        let now = Instant::now();
-        let mut s = node(1, now);
-        hear_alive(&mut s, 5, now);
-        // Find the first probe.
+    /// Ticks `s` every 10 ms from `now` until it pings someone; (time, target, seq).
+    fn first_probe(s: &mut Swim, now: Instant) -> (Instant, SocketAddr, u32) {
         let mut t = now;
-        let ping_to = loop {
+        loop {
             t += Duration::from_millis(10);
             let out = s.tick(t);
             let ping = out.iter().find_map(|o| match o {
-                Output::Packet { to, messages } if matches!(messages[0], Message::Ping(_)) => {
-                    Some(*to)
-                }
+                Output::Packet { to, messages } => match &messages[0] {
+                    Message::Ping(p) => Some((*to, p.seq_no)),
+                    _ => None,
+                },
                 _ => None,
             });
-            if let Some(to) = ping {
-                break to;
+            if let Some((to, seq)) = ping {
+                return (t, to, seq);
             }
-        };
-        let probe_start = t;
+        }
+    }
+
+    fn tcp_pings(out: &[Output]) -> Vec<(SocketAddr, u32, Instant)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::TcpPing { to, ping, deadline } => Some((*to, ping.seq_no, *deadline)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failed_probe_goes_indirect_and_tcp_then_suspects() {
+        let now = Instant::now();
+        let mut s = node(1, now);
+        hear_alive(&mut s, 5, now);
+        let (probe_start, ping_to, seq) = first_probe(&mut s, now);
         let out = s.tick(probe_start + Duration::from_millis(500));
         let indirect: Vec<_> = out
             .iter()
             .filter(|o| matches!(o, Output::Packet { messages, .. } if matches!(messages[0], Message::IndirectPing(_))))
             .collect();
         assert_eq!(indirect.len(), 3, "IndirectChecks peers asked");
-        let out = s.tick(probe_start + Duration::from_secs(1));
+        let deadline = probe_start + Duration::from_secs(1);
+        assert_eq!(
+            tcp_pings(&out),
+            vec![(ping_to, seq, deadline)],
+            "a TCP fallback ping with the probe's sequence number, until its end"
+        );
+        // The probe's end: the fallback has not reported yet, so the decision waits.
+        assert!(s.tick(deadline).is_empty());
+        assert_eq!(s.next_deadline(), deadline + FALLBACK_GRACE);
+        let out = s.handle_tcp_ping_result(seq, false, deadline + Duration::from_millis(5));
         let target = s
             .members()
             .into_iter()
@@ -315,6 +393,85 @@ mod tests {
         assert!(out.contains(&Output::Event(MemberEvent::Suspected(target.name.clone()))));
         // Three expected nacks, none came: Lifeguard adds 3.
         assert_eq!(s.health_score(), 3);
+    }
+
+    #[test]
+    fn tcp_fallback_ack_keeps_the_node_alive() {
+        let now = Instant::now();
+        let mut s = node(1, now);
+        hear_alive(&mut s, 5, now);
+        s.awareness.apply_delta(2);
+        let (probe_start, ping_to, seq) = first_probe(&mut s, now);
+        let out = s.tick(probe_start + Duration::from_millis(500));
+        let pings = tcp_pings(&out);
+        assert_eq!(pings.len(), 1);
+        // Health 2 stretches the probe to three intervals.
+        let deadline = pings[0].2;
+        assert_eq!(deadline, probe_start + Duration::from_secs(3));
+        // The TCP ack comes back; UDP acks never do.
+        s.handle_tcp_ping_result(seq, true, probe_start + Duration::from_millis(520));
+        assert!(
+            s.probe.is_some(),
+            "decided at the probe's end, as probeNode does"
+        );
+        let out = s.tick(deadline);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Event(_))),
+            "no suspicion: {out:?}"
+        );
+        let target = s.members().into_iter().find(|m| m.addr == ping_to);
+        assert_eq!(target.map(|m| m.state), Some(MemberState::Alive));
+        assert_eq!(
+            s.health_score(),
+            1,
+            "a probe answered over TCP counts as a success"
+        );
+        assert!(
+            s.probe.as_ref().is_none_or(|p| p.seq != seq),
+            "that probe is over (the tick may have started the next)"
+        );
+        // A report for another sequence number changes nothing.
+        s.handle_tcp_ping_result(seq.wrapping_add(99), true, probe_start);
+    }
+
+    #[test]
+    fn tcp_fallback_unreported_is_a_failure_after_the_grace() {
+        let now = Instant::now();
+        let mut s = node(1, now);
+        hear_alive(&mut s, 5, now);
+        let (probe_start, ping_to, _) = first_probe(&mut s, now);
+        s.tick(probe_start + Duration::from_millis(500));
+        let end = probe_start + Duration::from_secs(1);
+        assert!(
+            s.tick(end + FALLBACK_GRACE - Duration::from_millis(1))
+                .is_empty()
+        );
+        s.tick(end + FALLBACK_GRACE);
+        let target = s.members().into_iter().find(|m| m.addr == ping_to);
+        assert_eq!(target.map(|m| m.state), Some(MemberState::Suspect));
+    }
+
+    #[test]
+    fn no_tcp_fallback_when_disabled_or_for_old_protocols() {
+        let now = Instant::now();
+        let mut cfg = SwimConfig::lan("n1", addr(1));
+        cfg.rng_seed = Some(1);
+        cfg.disable_tcp_pings = true;
+        let mut s = Swim::new(cfg, now);
+        hear_alive(&mut s, 5, now);
+        let (probe_start, ping_to, _) = first_probe(&mut s, now);
+        assert!(tcp_pings(&s.tick(probe_start + Duration::from_millis(500))).is_empty());
+        s.tick(probe_start + Duration::from_secs(1));
+        let target = s.members().into_iter().find(|m| m.addr == ping_to);
+        assert_eq!(target.map(|m| m.state), Some(MemberState::Suspect));
+
+        // memberlist only pings protocol >= 3 nodes over TCP.
+        let mut s = node(1, now);
+        let mut old = alive_msg("n2", 2, 1);
+        old.vsn = vec![1, 2, 2, 0, 0, 0];
+        s.handle_packet(addr(2), vec![Message::Alive(old)], now);
+        let (probe_start, _, _) = first_probe(&mut s, now);
+        assert!(tcp_pings(&s.tick(probe_start + Duration::from_millis(500))).is_empty());
     }
 
     #[test]

@@ -29,7 +29,9 @@ impl Swim {
         PushPull {
             join,
             nodes,
-            user_state: self.local_user_state.clone(),
+            // The driver adds the application's state (`Delegate.LocalState`) when it
+            // sends: serialising it only for the push/pulls that happen.
+            user_state: Vec::new(),
         }
     }
 

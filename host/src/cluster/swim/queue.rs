@@ -1,5 +1,8 @@
 //! The broadcast queue (queue.go): what gossip piggy-backs, in which order, how many times.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+
 use crate::cluster::messages::Message;
 
 /// memberlist's `compoundHeaderOverhead`: bytes assumed for a compound message's header.
@@ -39,86 +42,111 @@ pub(super) fn estimated_len(msg: &Message) -> usize {
 pub(super) struct Queued {
     pub(super) name: String,
     pub(super) msg: Message,
-    len: usize,
-    pub(super) transmits: u32,
-    id: u64,
 }
 
+/// A queued broadcast's place in the send order (`limitedBroadcast.Less`): fewer
+/// transmits first, then longer, then newer (`Reverse` on length and id).
+type Rank = (u32, Reverse<usize>, Reverse<u64>);
+
 /// memberlist's `TransmitLimitedQueue` (queue.go): broadcasts named by what they are
-/// about, fewest transmits first, each dropped after the retransmit limit.
+/// about, fewest transmits first, each dropped after the retransmit limit. Like
+/// memberlist's btree, the order is kept sorted, so taking a packet's worth costs a few
+/// lookups however long the queue is (thousands of entries at 1,000 members).
 #[derive(Debug, Default)]
 pub(super) struct TransmitLimitedQueue {
-    pub(super) items: Vec<Queued>,
+    ranked: BTreeMap<Rank, Queued>,
+    by_name: HashMap<String, Rank>,
     id_gen: u64,
 }
 
 impl TransmitLimitedQueue {
     /// `queueBroadcast`: a new broadcast invalidates a queued one with the same name.
     pub(super) fn queue(&mut self, name: String, msg: Message) {
-        self.items.retain(|q| q.name != name);
+        if let Some(old) = self.by_name.remove(&name) {
+            self.ranked.remove(&old);
+        }
         self.id_gen += 1;
-        let len = estimated_len(&msg);
-        self.items.push(Queued {
-            name,
-            msg,
-            len,
-            transmits: 0,
-            id: self.id_gen,
-        });
+        let rank = (0, Reverse(estimated_len(&msg)), Reverse(self.id_gen));
+        self.by_name.insert(name.clone(), rank);
+        self.ranked.insert(rank, Queued { name, msg });
         self.prune(MAX_QUEUED_BROADCASTS);
     }
 
     /// `Prune`: drop the most-transmitted (then smallest, oldest) entries beyond `keep`.
     fn prune(&mut self, keep: usize) {
-        if self.items.len() <= keep {
-            return;
+        while self.ranked.len() > keep {
+            let Some((_, q)) = self.ranked.pop_last() else {
+                return;
+            };
+            self.by_name.remove(&q.name);
         }
-        self.items.sort_by(queue_order);
-        self.items.truncate(keep);
     }
 
-    /// `GetBroadcasts`: fill `limit` bytes (each message costing `overhead` more), fewest
-    /// transmits first and within a tier the largest then newest; count the transmit and
-    /// drop a broadcast once it reaches `transmit_limit`.
+    /// `GetBroadcasts`: fill `limit` bytes (each message costing `overhead` more), tier by
+    /// tier of transmit count, in each tier the largest message that still fits (newest
+    /// among equals); count the transmit and drop a broadcast once it reaches
+    /// `transmit_limit`.
     pub(super) fn get_broadcasts(
         &mut self,
         overhead: usize,
         limit: usize,
         transmit_limit: u32,
     ) -> Vec<Message> {
-        let mut order: Vec<usize> = (0..self.items.len()).collect();
-        order.sort_by(|&a, &b| queue_order(&self.items[a], &self.items[b]));
+        let (Some(min_tr), Some(max_tr)) = (
+            self.ranked.first_key_value().map(|(r, _)| r.0),
+            self.ranked.last_key_value().map(|(r, _)| r.0),
+        ) else {
+            return Vec::new();
+        };
         let mut used = 0usize;
-        let mut taken = Vec::new();
-        for idx in order {
+        let mut taken: Vec<(Rank, Queued)> = Vec::new();
+        let mut tier = min_tr;
+        while tier <= max_tr {
             let free = limit.saturating_sub(used + overhead);
             if free == 0 {
                 break;
             }
-            if self.items[idx].len <= free {
-                used += overhead + self.items[idx].len;
-                taken.push(idx);
+            // The first entry of this tier no longer than `free`.
+            let from = (tier, Reverse(free), Reverse(u64::MAX));
+            let to = (
+                tier.saturating_add(1),
+                Reverse(usize::MAX),
+                Reverse(u64::MAX),
+            );
+            let Some(rank) = self.ranked.range(from..to).next().map(|(r, _)| *r) else {
+                tier += 1;
+                continue;
+            };
+            let Some(q) = self.ranked.remove(&rank) else {
+                break;
+            };
+            used += overhead + rank.1.0;
+            // Re-ranked after the walk, so a bumped entry is not met again this packet.
+            taken.push((rank, q));
+        }
+        let msgs = taken.iter().map(|(_, q)| q.msg.clone()).collect();
+        for ((transmits, len, id), q) in taken {
+            let transmits = transmits + 1;
+            if transmits >= transmit_limit {
+                self.by_name.remove(&q.name);
+                continue;
             }
+            let rank = (transmits, len, id);
+            self.by_name.insert(q.name.clone(), rank);
+            self.ranked.insert(rank, q);
         }
-        let msgs = taken.iter().map(|&i| self.items[i].msg.clone()).collect();
-        for &i in &taken {
-            self.items[i].transmits += 1;
-        }
-        self.items.retain(|q| q.transmits < transmit_limit);
         msgs
     }
 
     pub(super) fn len(&self) -> usize {
-        self.items.len()
+        self.ranked.len()
     }
-}
 
-/// `limitedBroadcast.Less`: fewer transmits, then longer, then newer first.
-fn queue_order(a: &Queued, b: &Queued) -> std::cmp::Ordering {
-    a.transmits
-        .cmp(&b.transmits)
-        .then(b.len.cmp(&a.len))
-        .then(b.id.cmp(&a.id))
+    /// Queued broadcasts in send order, with their transmit counts (for tests).
+    #[cfg(test)]
+    pub(super) fn items(&self) -> impl Iterator<Item = (u32, &Queued)> {
+        self.ranked.iter().map(|(r, q)| (r.0, q))
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +215,6 @@ mod tests {
         let second = q.get_broadcasts(COMPOUND_OVERHEAD, 1398, 100);
         assert_eq!(second.len(), 4);
         assert!(second.iter().all(|m| !first.contains(m)));
-        assert_eq!(q.items.iter().filter(|i| i.transmits == 0).count(), 2);
+        assert_eq!(q.items().filter(|(t, _)| *t == 0).count(), 2);
     }
 }

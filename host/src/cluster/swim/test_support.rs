@@ -56,8 +56,8 @@ pub(super) fn member<'a>(members: &'a [Member], name: &str) -> &'a Member {
 
 pub(super) fn queued_about(s: &Swim, name: &str) -> Vec<Message> {
     s.broadcasts
-        .items
-        .iter()
+        .items()
+        .map(|(_, q)| q)
         .filter(|q| q.name == name)
         .map(|q| q.msg.clone())
         .collect()
