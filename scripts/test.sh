@@ -20,8 +20,10 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq)
-# Headless Chromium renders the dashboard in its browser test.
+# Headless Chromium renders the dashboard in its browser test; systemd's
+# systemd-analyze verifies deploy/systemd/fluxgate.service.
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
 # HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
 command -v go >/dev/null 2>&1 || need+=(golang-go)

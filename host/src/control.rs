@@ -13,7 +13,7 @@ use fluxgate_host::handoff::Handoff;
 use fluxgate_host::launch::Stop;
 use fluxgate_host::log_file::LogFile;
 use fluxgate_host::reload::Reloader;
-use fluxgate_host::{pid_file, upgrade};
+use fluxgate_host::{binary_upgrade, pid_file};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The signals the gateway acts on, installed before it serves.
@@ -87,7 +87,7 @@ impl Control {
     /// SIGUSR2: starts the binary at our path with our sockets; true once it serves.
     async fn upgrade(&self) -> bool {
         tracing::info!(exe = %self.exe.display(), "SIGUSR2: upgrading the binary");
-        match upgrade::start_successor(&self.exe, &self.args, &self.handoff, self.upgrade_timeout)
+        match binary_upgrade::start_successor(&self.exe, &self.args, &self.handoff, self.upgrade_timeout)
             .await
         {
             Ok(pid) => {

@@ -499,10 +499,18 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
 
 /// `host:port` of this machine, unique per gateway process on one host.
 fn default_node_name(local_addr: SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "fluxgate".to_owned());
+    let host = hostname().unwrap_or_else(|| "fluxgate".to_owned());
     format!("{host}:{}", local_addr.port())
+}
+
+/// gethostname(2): works under systemd's `ProcSubset=pid`, which hides /proc/sys.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let host = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!host.is_empty()).then_some(host)
 }

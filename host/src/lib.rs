@@ -39,8 +39,8 @@
 //! - `reload`    config file watcher; `dir_watch` debounced folder watching
 //! - `telemetry` log setup (`log_file` the file reopened on SIGHUP); `trace` request
 //!   ids, trace context, OTLP span export
-//! - `upgrade`   binary upgrade: the successor started with the sockets of `handoff`;
-//!   `pid_file`, `sd_notify` tell others which process serves
+//! - `binary_upgrade` replacing the binary: the successor started with the sockets of
+//!   `handoff`; `pid_file`, `sd_notify` tell others which process serves
 
 pub mod access;
 pub mod admin;
@@ -81,7 +81,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod tunnels;
-pub mod upgrade;
+pub mod binary_upgrade;
 pub mod upstream;
 pub mod user_id;
 pub mod websocket;

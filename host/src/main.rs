@@ -13,7 +13,7 @@ use fluxgate_host::launch::{self, Launch, Stop};
 use fluxgate_host::log_file::LogFile;
 use fluxgate_host::plan::{self, Overrides};
 use fluxgate_host::telemetry::{self, LogFormat};
-use fluxgate_host::{pid_file, sd_notify, upgrade};
+use fluxgate_host::{binary_upgrade, pid_file, sd_notify};
 
 mod control;
 
@@ -230,7 +230,7 @@ fn serve(cli: Cli, log: Option<LogFile>) -> anyhow::Result<()> {
             pid_file::write(path, pid)?;
         }
         // The old process (after an upgrade) learns we serve; so does systemd.
-        upgrade::report_ready();
+        binary_upgrade::report_ready();
         if upgraded {
             sd_notify::notify(&format!("MAINPID={pid}\nREADY=1"));
         } else {

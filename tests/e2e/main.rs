@@ -25,5 +25,5 @@ mod routing;
 mod support;
 mod tls;
 mod tracing;
-mod upgrade;
+mod binary_upgrade;
 mod upstream_tls;
