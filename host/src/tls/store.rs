@@ -11,13 +11,8 @@ use rustls::sign::CertifiedKey;
 
 use super::certs::LoadedCert;
 
-<<<<<<< HEAD
-/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737).
-=======
-/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737). Defined here, where
-/// the challenge certificate is chosen by it, and re-exported by `tls` (the store
-/// importing it from tls/mod.rs made an import cycle).
->>>>>>> tls-h2-tests
+/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737), defined where the
+/// challenge certificate is chosen by it.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// One set of certificates, indexed by name.
