@@ -67,7 +67,7 @@ async fn the_dashboard_renders_services_routes_and_plugins_in_a_browser() {
     let up = Upstream::start("users-v1").await;
     let config = format!(
         "[plugins]\ntimeout_ms = 1000\n\
-         [upstreams.catalog]\ntargets = [{{ url = \"http://{}\" }}]\nhealth_check = {{ path = \"/health\", interval_ms = 200 }}\n\
+         [upstreams.catalog]\ntargets = [{{ url = \"http://{}\" }}]\nhealth_check = {{ path = \"/health\", interval_ms = 200, timeout_ms = 100 }}\n\
          circuit_breaker = {{ failure_threshold = 5 }}\n\
          [[routes]]\nname = \"catalog-api\"\npath = \"/catalog/*\"\nmethods = [\"GET\"]\nupstream = \"catalog\"\n\
          rate_limit = {{ capacity = 1000, refill_per_s = 1000 }}\n\

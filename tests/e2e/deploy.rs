@@ -142,7 +142,10 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
 
 #[test]
 fn docker_compose_runs_the_gateway_and_two_services_that_register_themselves() {
-    let compose: Value = serde_yaml::from_str(&read(&deploy().join("docker-compose.yml"))).unwrap();
+    let mut compose: Value =
+        serde_yaml::from_str(&read(&deploy().join("docker-compose.yml"))).unwrap();
+    // The services share an `x-service` anchor through `<<:` merge keys, as Compose does.
+    compose.apply_merge().unwrap();
     let services = compose["services"].as_mapping().unwrap();
     let gateway = &compose["services"]["gateway"];
     assert_eq!(gateway["build"]["dockerfile"], "deploy/Dockerfile");

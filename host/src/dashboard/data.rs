@@ -148,7 +148,7 @@ fn plugins(gateway: &Gateway, families: &[prometheus::proto::MetricFamily]) -> V
                 continue;
             };
             let entry = stats.entry(plugin.to_owned()).or_default();
-            match family.get_name() {
+            match family.name() {
                 "fluxgate_plugin_calls_total" => entry.calls += metric.get_counter().get_value() as u64,
                 "fluxgate_plugin_errors_total" => entry.errors += metric.get_counter().get_value() as u64,
                 "fluxgate_plugin_call_duration_seconds" => {

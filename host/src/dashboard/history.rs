@@ -118,7 +118,7 @@ impl History {
 /// statuses, `request_duration_seconds` buckets).
 pub fn route_counters(families: &[MetricFamily], out: &mut Counters) {
     for family in families {
-        match family.get_name() {
+        match family.name() {
             "fluxgate_requests_total" => {
                 for metric in family.get_metric() {
                     if let Some(route) = label(metric, "route") {
@@ -145,7 +145,7 @@ pub fn buckets(metric: &prometheus::proto::Metric) -> Vec<(f64, u64)> {
     let mut out: Vec<(f64, u64)> = histogram
         .get_bucket()
         .iter()
-        .map(|b| (b.get_upper_bound(), b.get_cumulative_count()))
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
     if out.last().is_none_or(|b| b.0.is_finite()) {
         out.push((f64::INFINITY, histogram.get_sample_count()));
@@ -158,8 +158,8 @@ pub fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> Option<&'
     metric
         .get_label()
         .iter()
-        .find(|l| l.get_name() == name)
-        .map(|l| l.get_value())
+        .find(|l| l.name() == name)
+        .map(|l| l.value())
 }
 
 /// The `q` quantile (seconds) of the observations between two cumulative bucket
