@@ -30,7 +30,11 @@ pub fn authorize(
 }
 
 /// The rule itself: a presented token must be right; without one, loopback only.
-fn check(token: Option<&str>, presented: Option<&str>, client_ip: IpAddr) -> Result<(), GatewayError> {
+fn check(
+    token: Option<&str>,
+    presented: Option<&str>,
+    client_ip: IpAddr,
+) -> Result<(), GatewayError> {
     match (token.filter(|t| !t.is_empty()), presented) {
         (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => {
             Ok(())

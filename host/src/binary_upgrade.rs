@@ -23,7 +23,10 @@ const READY: &[u8] = b"ready\n";
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     #[error("cannot start {exe}: {source}")]
-    Spawn { exe: PathBuf, source: std::io::Error },
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the new process (pid {pid}) exited before it was ready: {status}")]
     Exited { pid: u32, status: String },
     #[error("the new process (pid {pid}) was not ready within {waited:?}; it was stopped")]

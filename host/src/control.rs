@@ -87,8 +87,13 @@ impl Control {
     /// SIGUSR2: starts the binary at our path with our sockets; true once it serves.
     async fn upgrade(&self) -> bool {
         tracing::info!(exe = %self.exe.display(), "SIGUSR2: upgrading the binary");
-        match binary_upgrade::start_successor(&self.exe, &self.args, &self.handoff, self.upgrade_timeout)
-            .await
+        match binary_upgrade::start_successor(
+            &self.exe,
+            &self.args,
+            &self.handoff,
+            self.upgrade_timeout,
+        )
+        .await
         {
             Ok(pid) => {
                 tracing::info!(

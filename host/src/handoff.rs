@@ -102,13 +102,11 @@ impl Inherited {
             // once, here.
             let socket = unsafe { socket2::Socket::from_raw_fd(*fd) };
             // A socket has a type; anything else (a file, a pipe) fails here.
-            socket
-                .r#type()
-                .map_err(|source| HandoffError::NotASocket {
-                    label: label.clone(),
-                    fd: *fd,
-                    source,
-                })?;
+            socket.r#type().map_err(|source| HandoffError::NotASocket {
+                label: label.clone(),
+                fd: *fd,
+                source,
+            })?;
             // Not passed on to processes this one starts, unless it hands them over.
             let _ = set_cloexec(*fd, true);
             let _ = socket.set_nonblocking(true);
@@ -230,7 +228,10 @@ mod tests {
                 ("gossip-udp".to_owned(), 9)
             ]
         );
-        assert_eq!(encode(list.iter().map(|(l, fd)| (l.as_str(), *fd))), "http:3,http:4,tls:5,gossip-udp:9");
+        assert_eq!(
+            encode(list.iter().map(|(l, fd)| (l.as_str(), *fd))),
+            "http:3,http:4,tls:5,gossip-udp:9"
+        );
         assert!(parse("").unwrap().is_empty());
         for bad in ["http", "http:x", "HTTP:3", "http:1", ":3", "a b:3"] {
             assert!(parse(bad).is_err(), "{bad}");
@@ -255,7 +256,9 @@ mod tests {
             std::mem::forget(fd);
         }
         assert!(inherited.take(HTTP, b_addr).is_none(), "wrong label");
-        let http = inherited.take(HTTP, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let http = inherited
+            .take(HTTP, "127.0.0.1:0".parse().unwrap())
+            .unwrap();
         assert_eq!(http.local_addr().unwrap().as_socket(), Some(a_addr));
         assert!(inherited.take(TLS, b_addr).is_some());
         assert!(inherited.is_empty());

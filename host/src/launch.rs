@@ -114,10 +114,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         (None, None) => None,
     };
     let gossip = match plan.cluster.as_ref().filter(|c| c.gossip) {
-        Some(settings) => Some(take_or_bind_gossip(
-            &mut inherited,
-            settings.gossip_listen,
-        )?),
+        Some(settings) => Some(take_or_bind_gossip(&mut inherited, settings.gossip_listen)?),
         None => None,
     };
     if !inherited.leftover().is_empty() {
@@ -129,7 +126,9 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         .add(handoff::HTTP, &listener)
         .map_err(StartError::Handoff)?;
     if let Some(tls) = &tls_listener {
-        handoff.add(handoff::TLS, tls).map_err(StartError::Handoff)?;
+        handoff
+            .add(handoff::TLS, tls)
+            .map_err(StartError::Handoff)?;
     }
     if let Some((tcp, udp)) = &gossip {
         handoff

@@ -45,6 +45,7 @@
 pub mod access;
 pub mod admin;
 pub mod balancer;
+pub mod binary_upgrade;
 pub mod body;
 pub mod carry;
 pub mod cluster;
@@ -81,7 +82,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod tunnels;
-pub mod binary_upgrade;
 pub mod upstream;
 pub mod user_id;
 pub mod websocket;

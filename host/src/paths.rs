@@ -29,9 +29,7 @@ pub const DASHBOARD_PATHS: &[&str] = &[
 
 /// Is `path` answered by the gateway itself?
 pub fn is_reserved(path: &str) -> bool {
-    ADMIN_PATHS.contains(&path)
-        || REGISTRY_PATHS.contains(&path)
-        || DASHBOARD_PATHS.contains(&path)
+    ADMIN_PATHS.contains(&path) || REGISTRY_PATHS.contains(&path) || DASHBOARD_PATHS.contains(&path)
 }
 
 /// Resolves `.` and `..` segments (also percent-encoded, `%2e`), so `/public/../admin`

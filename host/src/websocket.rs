@@ -111,4 +111,3 @@ pub async fn proxy(
     });
     Ok(Response::from_parts(parts, GatewayBody::empty()))
 }
-

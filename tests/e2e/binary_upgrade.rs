@@ -37,20 +37,44 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The PID in the PID file, waiting (bounded) for it to be written: the process writes
+/// it once it serves, which may be just after it logged its address.
 fn read_pid(path: &Path) -> u32 {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no PID in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Stops a process we started (directly or through the upgrade) by its PID.
 fn terminate(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the successor (not our child: the old process started it) when the test ends,
+/// passed or not.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        terminate(self.0);
     }
 }
 
@@ -141,7 +165,11 @@ async fn upgrading_the_binary_under_load_drops_nothing_and_old_websockets_finish
     let mut old = Process::start_program(&program, &["--config", &config_arg], &[]);
     let addr = old.listening_addr();
     let old_pid = old.pid();
-    assert_eq!(read_pid(&pid_file), old_pid, "the PID file names the running process");
+    assert_eq!(
+        read_pid(&pid_file),
+        old_pid,
+        "the PID file names the running process"
+    );
 
     // A WebSocket on the old process.
     let mut ws = TcpStream::connect(addr).await.unwrap();
@@ -161,7 +189,13 @@ async fn upgrading_the_binary_under_load_drops_nothing_and_old_websockets_finish
         let (program, pid_file) = (program.clone(), pid_file.clone());
         tokio::task::spawn_blocking(move || {
             Command::new(program)
-                .args(["upgrade", "--pid-file", pid_file.to_str().unwrap(), "--wait-s", "40"])
+                .args([
+                    "upgrade",
+                    "--pid-file",
+                    pid_file.to_str().unwrap(),
+                    "--wait-s",
+                    "40",
+                ])
                 .output()
                 .unwrap()
         })
@@ -174,13 +208,20 @@ async fn upgrading_the_binary_under_load_drops_nothing_and_old_websockets_finish
     assert!(said.contains("upgraded"), "{said}");
     let new_pid = read_pid(&pid_file);
     assert_ne!(new_pid, old_pid, "{said}");
+    let successor = Successor(new_pid);
     assert!(alive(new_pid));
     old.wait_for("upgrade: the new process serves");
 
     // Load goes on through the switch; the old process still holds the WebSocket.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(alive(old_pid), "the old process drains while its WebSocket is open");
-    assert_eq!(echo(&mut ws, b"after the upgrade").await, b"after the upgrade");
+    assert!(
+        alive(old_pid),
+        "the old process drains while its WebSocket is open"
+    );
+    assert_eq!(
+        echo(&mut ws, b"after the upgrade").await,
+        b"after the upgrade"
+    );
     drop(ws);
     let exited = tokio::task::spawn_blocking(move || {
         let status = old.wait_exit(Duration::from_secs(15));
@@ -218,7 +259,7 @@ async fn upgrading_the_binary_under_load_drops_nothing_and_old_websockets_finish
     let health = get(&client(), &format!("http://{addr}/api/v1/health"), &[]).await;
     assert_eq!(health.status, 200);
     assert_eq!(read_pid(&pid_file), new_pid);
-    terminate(new_pid);
+    drop(successor);
     assert!(!alive(new_pid));
     assert!(!pid_file.exists(), "the last process removes its PID file");
 }
@@ -240,11 +281,16 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     // The new "binary" is broken: it exits at once.
     let broken = dir.path().join(".broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&broken, &program).unwrap();
     let output = Command::new(BIN)
-        .args(["upgrade", "--pid-file", pid_file.to_str().unwrap(), "--wait-s", "10"])
+        .args([
+            "upgrade",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--wait-s",
+            "10",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -272,11 +318,23 @@ async fn sighup_reopens_the_log_file_and_forces_a_reload() {
         config.to_str().unwrap().to_owned(),
         log.to_str().unwrap().to_owned(),
     );
-    let gw = Process::start(&["--config", &config_arg, "--port", "0", "--log-file", &log_arg]);
+    let gw = Process::start(&[
+        "--config",
+        &config_arg,
+        "--port",
+        "0",
+        "--log-file",
+        &log_arg,
+    ]);
     let addr = wait_for_log(&log, "fluxgate listening").await;
     let addr = listen_addr(&addr);
     let c = client();
-    let reply = get(&c, &format!("http://{addr}/first"), &[("x-request-id", "req-one")]).await;
+    let reply = get(
+        &c,
+        &format!("http://{addr}/first"),
+        &[("x-request-id", "req-one")],
+    )
+    .await;
     assert_eq!(reply.status, 200);
     wait_for_log(&log, "req-one").await;
 
@@ -284,7 +342,11 @@ async fn sighup_reopens_the_log_file_and_forces_a_reload() {
     let rotated = dir.path().join("gateway.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     let generation = |body: serde_json::Value| body["config"]["generation"].as_u64().unwrap();
-    let before = generation(get(&c, &format!("http://{addr}/api/v1/health"), &[]).await.json());
+    let before = generation(
+        get(&c, &format!("http://{addr}/api/v1/health"), &[])
+            .await
+            .json(),
+    );
     let status = Command::new("kill")
         .args(["-HUP", &gw.pid().to_string()])
         .status()
@@ -292,13 +354,27 @@ async fn sighup_reopens_the_log_file_and_forces_a_reload() {
     assert!(status.success());
     wait_for_log(&log, "log file reopened").await;
     wait_for_log(&log, "config reloaded").await;
-    let after = generation(get(&c, &format!("http://{addr}/api/v1/health"), &[]).await.json());
-    assert!(after > before, "an unchanged file was reloaded: {before} -> {after}");
-    get(&c, &format!("http://{addr}/second"), &[("x-request-id", "req-two")]).await;
+    let after = generation(
+        get(&c, &format!("http://{addr}/api/v1/health"), &[])
+            .await
+            .json(),
+    );
+    assert!(
+        after > before,
+        "an unchanged file was reloaded: {before} -> {after}"
+    );
+    get(
+        &c,
+        &format!("http://{addr}/second"),
+        &[("x-request-id", "req-two")],
+    )
+    .await;
     wait_for_log(&log, "req-two").await;
     let old_text = std::fs::read_to_string(&rotated).unwrap();
     assert!(old_text.contains("req-one") && !old_text.contains("req-two"));
-    let status = tokio::task::spawn_blocking(move || gw.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || gw.terminate())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 

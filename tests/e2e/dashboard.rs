@@ -55,7 +55,9 @@ fn run_chromium(url: &str, profile: &Path, extra: &[&str]) -> std::process::Outp
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     });
     let output = child.wait_with_output().expect("chromium output");
     drop(watchdog);
@@ -101,9 +103,17 @@ async fn the_dashboard_renders_services_routes_and_plugins_in_a_browser() {
     let data = get(&c, &gw.url("/api/v1/dashboard"), &[]).await;
     assert_eq!(data.status, 200, "{}", data.text());
     let data = data.json();
-    assert!(data["history"]["catalog-api"].as_array().is_some_and(|p| !p.is_empty()), "{data}");
+    assert!(
+        data["history"]["catalog-api"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{data}"
+    );
     assert_eq!(data["plugins"][0]["name"], "header-rewrite");
-    assert!(data["plugins"][0]["calls"].as_u64().unwrap() >= 30, "{data}");
+    assert!(
+        data["plugins"][0]["calls"].as_u64().unwrap() >= 30,
+        "{data}"
+    );
     assert_eq!(data["services"]["inventory"][0]["id"], "inventory-1");
     let route = &data["routes"][0];
     assert_eq!(route["path"], "/catalog/*");
@@ -136,7 +146,10 @@ async fn the_dashboard_renders_services_routes_and_plugins_in_a_browser() {
         "state-healthy",
         "state-closed",
     ] {
-        assert!(dom.contains(expected), "{expected:?} is not in the page:\n{dom}");
+        assert!(
+            dom.contains(expected),
+            "{expected:?} is not in the page:\n{dom}"
+        );
     }
     assert!(dom.contains("<polyline"), "no chart was drawn:\n{dom}");
 
@@ -158,7 +171,11 @@ async fn the_dashboard_renders_services_routes_and_plugins_in_a_browser() {
         )
     });
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert!(png.len() > 10_000, "an empty-looking screenshot: {} bytes", png.len());
+    assert!(
+        png.len() > 10_000,
+        "an empty-looking screenshot: {} bytes",
+        png.len()
+    );
     // `FLUXGATE_DASHBOARD_SCREENSHOT=docs/dashboard.png` keeps it (README shows it).
     if let Ok(keep) = std::env::var("FLUXGATE_DASHBOARD_SCREENSHOT") {
         std::fs::copy(&screenshot, keep).unwrap();
@@ -175,18 +192,34 @@ async fn the_dashboard_page_is_embedded_and_its_data_needs_admin_access() {
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
     let html = page.text();
-    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from outside");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from outside"
+    );
     for asset in ["/dashboard/app.js", "/dashboard/app.css"] {
         let reply = get(&c, &gw.url(asset), &[]).await;
         assert_eq!(reply.status, 200, "{asset}");
         let text = reply.text();
-        assert!(!text.contains("//cdn") && !text.contains("https://"), "{asset} loads nothing from outside");
+        assert!(
+            !text.contains("//cdn") && !text.contains("https://"),
+            "{asset} loads nothing from outside"
+        );
     }
     // Loopback needs no token, but a wrong one is refused anywhere.
     assert_eq!(get(&c, &gw.url("/api/v1/dashboard"), &[]).await.status, 200);
-    let wrong = get(&c, &gw.url("/api/v1/dashboard"), &[("authorization", "Bearer nope")]).await;
+    let wrong = get(
+        &c,
+        &gw.url("/api/v1/dashboard"),
+        &[("authorization", "Bearer nope")],
+    )
+    .await;
     assert_eq!(wrong.status, 403);
-    let right = get(&c, &gw.url("/api/v1/dashboard"), &[("authorization", "Bearer s3cret")]).await;
+    let right = get(
+        &c,
+        &gw.url("/api/v1/dashboard"),
+        &[("authorization", "Bearer s3cret")],
+    )
+    .await;
     assert_eq!(right.status, 200);
     assert_eq!(right.headers["cache-control"], "no-store");
     // The page's script sends the token as a header and never in a URL.

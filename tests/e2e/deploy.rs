@@ -47,7 +47,9 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn s(value: &Value) -> &str {
-    value.as_str().unwrap_or_else(|| panic!("not a string: {value:?}"))
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value:?}"))
 }
 
 fn valid_gateway_config(text: &str, what: &str) -> plan::Plan {
@@ -62,12 +64,18 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
     assert_eq!(deployment["apiVersion"], "apps/v1");
     assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
     let labels = &deployment["spec"]["selector"]["matchLabels"];
-    assert_eq!(&deployment["spec"]["template"]["metadata"]["labels"], labels);
+    assert_eq!(
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        labels
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
     for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(container[probe]["httpGet"]["path"], "/api/v1/health", "{probe}");
+        assert_eq!(
+            container[probe]["httpGet"]["path"], "/api/v1/health",
+            "{probe}"
+        );
         assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
     }
     for key in ["requests", "limits"] {
@@ -75,7 +83,10 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
         assert!(resources["cpu"].as_str().is_some(), "{key}.cpu");
         assert!(resources["memory"].as_str().is_some(), "{key}.memory");
     }
-    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     let ports: Vec<(&str, u64)> = container["ports"]
         .as_sequence()
@@ -101,9 +112,21 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
     };
     let volume = |name: &Value| volumes.iter().find(|v| &v["name"] == name).unwrap();
     let config_mount = mount_of("/etc/fluxgate/gateway.toml");
-    assert_eq!(volume(&config_mount["name"])["configMap"]["name"], "fluxgate-config");
-    let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().map(s).collect();
-    assert!(args.windows(2).any(|w| w == ["--config", "/etc/fluxgate/gateway.toml"]), "{args:?}");
+    assert_eq!(
+        volume(&config_mount["name"])["configMap"]["name"],
+        "fluxgate-config"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--config", "/etc/fluxgate/gateway.toml"]),
+        "{args:?}"
+    );
     let plugin_dir = plan.config.plugins.dir.to_str().unwrap().to_owned();
     let plugin_mount = mount_of(&plugin_dir);
     let claim = s(&volume(&plugin_mount["name"])["persistentVolumeClaim"]["claimName"]);
@@ -118,16 +141,24 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
     let cluster = plan.cluster.expect("[cluster] is on");
     assert_eq!(
         cluster.join,
-        vec![format!("fluxgate-gossip.{namespace}.svc.cluster.local:7946")]
+        vec![format!(
+            "fluxgate-gossip.{namespace}.svc.cluster.local:7946"
+        )]
     );
-    assert!(args.iter().any(|a| a.contains("$(POD_IP)")), "advertise the pod's address");
+    assert!(
+        args.iter().any(|a| a.contains("$(POD_IP)")),
+        "advertise the pod's address"
+    );
     let service = find(&docs, "Service", "fluxgate");
     assert_eq!(&service["spec"]["selector"], labels);
 
     let pdb = find(&docs, "PodDisruptionBudget", "fluxgate");
     assert_eq!(pdb["apiVersion"], "policy/v1");
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
-    assert!(pdb["spec"]["maxUnavailable"].as_u64().is_some() || pdb["spec"]["minAvailable"].as_u64().is_some());
+    assert!(
+        pdb["spec"]["maxUnavailable"].as_u64().is_some()
+            || pdb["spec"]["minAvailable"].as_u64().is_some()
+    );
 
     // The grace period outlasts the gateway's own drain.
     let grace_s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
@@ -136,7 +167,10 @@ fn kubernetes_manifests_have_probes_resources_gossip_dns_config_plugins_and_a_bu
     let kustomization: Value =
         serde_yaml::from_str(&read(&deploy().join("kubernetes/kustomization.yaml"))).unwrap();
     for resource in kustomization["resources"].as_sequence().unwrap() {
-        assert!(deploy().join("kubernetes").join(s(resource)).exists(), "{resource:?}");
+        assert!(
+            deploy().join("kubernetes").join(s(resource)).exists(),
+            "{resource:?}"
+        );
     }
 }
 
@@ -149,7 +183,13 @@ fn docker_compose_runs_the_gateway_and_two_services_that_register_themselves() {
     let services = compose["services"].as_mapping().unwrap();
     let gateway = &compose["services"]["gateway"];
     assert_eq!(gateway["build"]["dockerfile"], "deploy/Dockerfile");
-    assert!(gateway["ports"].as_sequence().unwrap().iter().any(|p| s(p).ends_with(":8080")));
+    assert!(
+        gateway["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| s(p).ends_with(":8080"))
+    );
     let others: Vec<&Value> = services
         .iter()
         .filter(|(name, _)| *name != "gateway")
@@ -160,20 +200,34 @@ fn docker_compose_runs_the_gateway_and_two_services_that_register_themselves() {
         let env = &service["environment"];
         assert_eq!(env["GATEWAY_URL"], "http://gateway:8080");
         assert!(env["SERVICE_NAME"].as_str().is_some());
-        assert_eq!(service["depends_on"]["gateway"]["condition"], "service_healthy");
-        let command: Vec<&str> = service["command"].as_sequence().unwrap().iter().map(s).collect();
+        assert_eq!(
+            service["depends_on"]["gateway"]["condition"],
+            "service_healthy"
+        );
+        let command: Vec<&str> = service["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(s)
+            .collect();
         assert_eq!(command, ["python", "/app/service.py"]);
         let mount = s(&service["volumes"][0]);
         let source = mount.split(':').next().unwrap();
         let script = read(&deploy().join(source));
         assert!(script.contains("/api/v1/services/register") && script.contains("heartbeat"));
     }
-    valid_gateway_config(&read(&deploy().join("compose/gateway.toml")), "compose/gateway.toml");
+    valid_gateway_config(
+        &read(&deploy().join("compose/gateway.toml")),
+        "compose/gateway.toml",
+    );
     // The example service is valid Python (when python3 is here).
     if let Ok(status) = Command::new("python3")
         .args(["-m", "py_compile"])
         .arg(deploy().join("examples/service.py"))
-        .env("PYTHONPYCACHEPREFIX", std::env::temp_dir().join("fluxgate-pycache"))
+        .env(
+            "PYTHONPYCACHEPREFIX",
+            std::env::temp_dir().join("fluxgate-pycache"),
+        )
         .status()
     {
         assert!(status.success(), "examples/service.py does not compile");
@@ -190,7 +244,10 @@ fn the_dockerfile_is_multi_stage_non_root_and_health_checked() {
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line");
-    assert!(!user.starts_with('0') && !user.starts_with("root"), "runs as {user}");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "runs as {user}"
+    );
     let healthcheck = text
         .lines()
         .skip_while(|l| !l.starts_with("HEALTHCHECK"))
@@ -214,7 +271,10 @@ fn the_systemd_unit_is_hardened_and_verifies() {
     assert_eq!(value("CapabilityBoundingSet"), ["CAP_NET_BIND_SERVICE"]);
     assert_eq!(value("AmbientCapabilities"), ["CAP_NET_BIND_SERVICE"]);
     assert_eq!(value("NoNewPrivileges"), ["yes"]);
-    assert!(value("ExecReload")[0].contains(" upgrade "), "ExecReload upgrades the binary");
+    assert!(
+        value("ExecReload")[0].contains(" upgrade "),
+        "ExecReload upgrades the binary"
+    );
     let analyze = which("systemd-analyze")
         .expect("systemd-analyze is not installed (scripts/test.sh installs Debian's systemd)");
     // Verified as installed, with the binary path pointing at the one just built (the
@@ -223,7 +283,10 @@ fn the_systemd_unit_is_hardened_and_verifies() {
     let unit = dir.path().join("fluxgate.service");
     std::fs::write(
         &unit,
-        text.replace("/usr/local/bin/fluxgate-host", env!("CARGO_BIN_EXE_fluxgate-host")),
+        text.replace(
+            "/usr/local/bin/fluxgate-host",
+            env!("CARGO_BIN_EXE_fluxgate-host"),
+        ),
     )
     .unwrap();
     let output = Command::new(analyze)
@@ -233,9 +296,15 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         .unwrap();
     let said = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "systemd-analyze verify failed: {said}");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed: {said}"
+    );
     // It also reports unknown or bad values only as warnings: none may appear.
-    let ours: Vec<&str> = said.lines().filter(|l| l.contains("fluxgate.service")).collect();
+    let ours: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("fluxgate.service"))
+        .collect();
     assert!(ours.is_empty(), "systemd-analyze verify warned: {said}");
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balancing;
+mod binary_upgrade;
 mod cli;
 mod cluster;
 mod cluster_interop;
@@ -25,5 +26,4 @@ mod routing;
 mod support;
 mod tls;
 mod tracing;
-mod binary_upgrade;
 mod upstream_tls;

@@ -67,9 +67,7 @@ impl Receiver {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (tx, counter) = (tx.clone(), counter.clone());
-                        async move {
-                            Ok::<_, Infallible>(receive(req, tx, counter, delay).await)
-                        }
+                        async move { Ok::<_, Infallible>(receive(req, tx, counter, delay).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -111,7 +109,8 @@ async fn receive(
 ) -> Response<Full<Bytes>> {
     assert_eq!(req.uri().path(), "/v1/traces");
     assert_eq!(
-        req.headers()["content-type"], "application/x-protobuf",
+        req.headers()["content-type"],
+        "application/x-protobuf",
         "OTLP/HTTP with protobuf"
     );
     let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -205,14 +204,30 @@ async fn trace_context_and_request_ids_flow_from_client_to_upstream_and_spans_re
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.headers["x-request-id"], "client-id-1", "kept and returned");
-    assert_eq!(upstream_header(&reply, "x-request-id").as_deref(), Some("client-id-1"));
-    assert_eq!(upstream_header(&reply, "tracestate").as_deref(), Some("vendor=abc"));
+    assert_eq!(
+        reply.headers["x-request-id"], "client-id-1",
+        "kept and returned"
+    );
+    assert_eq!(
+        upstream_header(&reply, "x-request-id").as_deref(),
+        Some("client-id-1")
+    );
+    assert_eq!(
+        upstream_header(&reply, "tracestate").as_deref(),
+        Some("vendor=abc")
+    );
     let sent = upstream_header(&reply, "traceparent").expect("the upstream got a traceparent");
     let parts: Vec<&str> = sent.split('-').collect();
     assert_eq!(parts.len(), 4, "{sent}");
-    assert_eq!((parts[0], parts[1], parts[3]), ("00", CLIENT_TRACE, "01"), "same trace, sampled");
-    assert_ne!(parts[2], CLIENT_SPAN, "the gateway's span is the upstream's parent");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", CLIENT_TRACE, "01"),
+        "same trace, sampled"
+    );
+    assert_ne!(
+        parts[2], CLIENT_SPAN,
+        "the gateway's span is the upstream's parent"
+    );
     let upstream_parent = parts[2].to_owned();
 
     let spans = receiver
@@ -233,19 +248,38 @@ async fn trace_context_and_request_ids_flow_from_client_to_upstream_and_spans_re
         .find(|r| r.span.kind == SpanKind::Server as i32)
         .expect("a server span for the request");
     let request_span = hex(&server.span.span_id);
-    assert_eq!(hex(&server.span.parent_span_id), CLIENT_SPAN, "child of the client's span");
+    assert_eq!(
+        hex(&server.span.parent_span_id),
+        CLIENT_SPAN,
+        "child of the client's span"
+    );
     assert_eq!(server.span.trace_state, "vendor=abc");
     assert_eq!(server.span.name, "GET api");
     assert_eq!(attr(&server.span, "http.route").as_deref(), Some("api"));
-    assert_eq!(attr(&server.span, "fluxgate.upstream").as_deref(), Some("u"));
+    assert_eq!(
+        attr(&server.span, "fluxgate.upstream").as_deref(),
+        Some("u")
+    );
     assert_eq!(
         attr(&server.span, "fluxgate.target"),
         Some(format!("http://{}", up.addr))
     );
-    assert_eq!(attr(&server.span, "http.response.status_code").as_deref(), Some("200"));
-    assert_eq!(attr(&server.span, "fluxgate.retry_count").as_deref(), Some("1"));
-    assert_eq!(attr(&server.span, "fluxgate.request_id").as_deref(), Some("client-id-1"));
-    assert_eq!(attr(&server.span, "url.path").as_deref(), Some("/api/fail/1/x"));
+    assert_eq!(
+        attr(&server.span, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(&server.span, "fluxgate.retry_count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        attr(&server.span, "fluxgate.request_id").as_deref(),
+        Some("client-id-1")
+    );
+    assert_eq!(
+        attr(&server.span, "url.path").as_deref(),
+        Some("/api/fail/1/x")
+    );
 
     let mut attempts: Vec<&Span> = ours
         .iter()
@@ -262,8 +296,14 @@ async fn trace_context_and_request_ids_flow_from_client_to_upstream_and_spans_re
         assert!(attempt.start_time_unix_nano >= server.span.start_time_unix_nano);
         assert!(attempt.end_time_unix_nano <= server.span.end_time_unix_nano);
     }
-    assert_eq!(attr(attempts[0], "http.response.status_code").as_deref(), Some("503"));
-    assert_eq!(attr(attempts[1], "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        attr(attempts[0], "http.response.status_code").as_deref(),
+        Some("503")
+    );
+    assert_eq!(
+        attr(attempts[1], "http.response.status_code").as_deref(),
+        Some("200")
+    );
     assert_eq!(
         hex(&attempts[1].span_id),
         upstream_parent,
@@ -275,39 +315,64 @@ async fn trace_context_and_request_ids_flow_from_client_to_upstream_and_spans_re
         .find(|s| s.name == "plugins on_request")
         .expect("a span for the plugin chain");
     assert_eq!(hex(&plugin_span.parent_span_id), request_span);
-    assert_eq!(attr(plugin_span, "fluxgate.plugin.count").as_deref(), Some("1"));
+    assert_eq!(
+        attr(plugin_span, "fluxgate.plugin.count").as_deref(),
+        Some("1")
+    );
 
     // No traceparent and an invalid request id: a new trace and a generated id.
     let reply = get(
         &c,
         &gw.url("/api/plain"),
-        &[("x-request-id", "has spaces, not valid"), ("tracestate", "lonely=1")],
+        &[
+            ("x-request-id", "has spaces, not valid"),
+            ("tracestate", "lonely=1"),
+        ],
     )
     .await;
     let generated = reply.headers["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(generated.len(), 32, "{generated}");
     assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(upstream_header(&reply, "x-request-id"), Some(generated.clone()));
-    assert_eq!(upstream_header(&reply, "tracestate"), None, "no tracestate without a traceparent");
+    assert_eq!(
+        upstream_header(&reply, "x-request-id"),
+        Some(generated.clone())
+    );
+    assert_eq!(
+        upstream_header(&reply, "tracestate"),
+        None,
+        "no tracestate without a traceparent"
+    );
     let sent = upstream_header(&reply, "traceparent").unwrap();
     let new_trace = sent.split('-').nth(1).unwrap().to_owned();
     assert_ne!(new_trace, CLIENT_TRACE);
     let spans = receiver
         .collect(|got| {
-            got.iter()
-                .any(|r| hex(&r.span.trace_id) == new_trace && r.span.kind == SpanKind::Server as i32)
+            got.iter().any(|r| {
+                hex(&r.span.trace_id) == new_trace && r.span.kind == SpanKind::Server as i32
+            })
         })
         .await;
     let root = spans
         .iter()
         .find(|r| hex(&r.span.trace_id) == new_trace && r.span.kind == SpanKind::Server as i32)
         .unwrap();
-    assert!(root.span.parent_span_id.is_empty(), "a trace started here has no parent");
+    assert!(
+        root.span.parent_span_id.is_empty(),
+        "a trace started here has no parent"
+    );
     assert_eq!(attr(&root.span, "fluxgate.request_id"), Some(generated));
 
     // Plugins get the request id in the request's headers.
-    let reply = get(&c, &gw.url("/seen/x"), &[("x-request-id", "for-the-plugin")]).await;
-    assert_eq!(upstream_header(&reply, "x-plugin-saw").as_deref(), Some("for-the-plugin"));
+    let reply = get(
+        &c,
+        &gw.url("/seen/x"),
+        &[("x-request-id", "for-the-plugin")],
+    )
+    .await;
+    assert_eq!(
+        upstream_header(&reply, "x-plugin-saw").as_deref(),
+        Some("for-the-plugin")
+    );
     assert_eq!(reply.headers["x-request-id"], "for-the-plugin");
 
     // The gateway's own answers carry the id too.
@@ -315,7 +380,10 @@ async fn trace_context_and_request_ids_flow_from_client_to_upstream_and_spans_re
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.headers["x-request-id"], "on-a-404");
     let metrics = get(&c, &gw.url("/metrics"), &[]).await.text();
-    assert!(metrics.contains("fluxgate_trace_spans_exported_total"), "{metrics}");
+    assert!(
+        metrics.contains("fluxgate_trace_spans_exported_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -337,7 +405,10 @@ async fn sampling_follows_the_ratio_and_a_sampled_parent() {
         let sent = upstream_header(&reply, "traceparent").unwrap();
         assert!(sent.ends_with("-00"), "{sent}");
         assert!(reply.headers.contains_key("x-correlation-id"));
-        assert!(!reply.headers.contains_key("x-request-id"), "the configured name only");
+        assert!(
+            !reply.headers.contains_key("x-request-id"),
+            "the configured name only"
+        );
     }
     // A sampled parent wins over the ratio (parent-based sampling).
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");

@@ -45,7 +45,12 @@ pub fn build(gateway: &Gateway, snapshot: &Snapshot) -> Value {
 /// `/{service}/*` route per registered or discovered service.
 fn routes(snapshot: &Snapshot, services: &BTreeMap<String, Vec<Value>>) -> Vec<Value> {
     let config = snapshot.config();
-    let global: Vec<&str> = config.plugins.global.iter().map(|p| p.name.as_str()).collect();
+    let global: Vec<&str> = config
+        .plugins
+        .global
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     let mut out: Vec<Value> = config
         .routes
         .iter()
@@ -122,7 +127,10 @@ fn upstreams(gateway: &Gateway, snapshot: &Snapshot) -> Value {
                 .to_owned();
             if let Some(targets) = group.get_mut("targets").and_then(Value::as_array_mut) {
                 for target in targets {
-                    let url = target.get("url").and_then(Value::as_str).unwrap_or_default();
+                    let url = target
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     let rate = gateway.history.target(&name, url);
                     target["rps"] = json!(rate.rps);
                     target["errors_per_s"] = json!(rate.errors_per_s);
@@ -149,8 +157,12 @@ fn plugins(gateway: &Gateway, families: &[prometheus::proto::MetricFamily]) -> V
             };
             let entry = stats.entry(plugin.to_owned()).or_default();
             match family.name() {
-                "fluxgate_plugin_calls_total" => entry.calls += metric.get_counter().get_value() as u64,
-                "fluxgate_plugin_errors_total" => entry.errors += metric.get_counter().get_value() as u64,
+                "fluxgate_plugin_calls_total" => {
+                    entry.calls += metric.get_counter().get_value() as u64
+                }
+                "fluxgate_plugin_errors_total" => {
+                    entry.errors += metric.get_counter().get_value() as u64
+                }
                 "fluxgate_plugin_call_duration_seconds" => {
                     // Both hooks share the bucket bounds: their counts add up.
                     for (i, (bound, count)) in history::buckets(metric).into_iter().enumerate() {

@@ -76,7 +76,9 @@ impl History {
                 series.push_back(point);
             }
             // Routes gone from the metrics (a reload removed them) stop being charted.
-            inner.routes.retain(|route, _| counters.routes.contains_key(route));
+            inner
+                .routes
+                .retain(|route, _| counters.routes.contains_key(route));
             inner.targets = counters
                 .targets
                 .iter()
@@ -205,8 +207,7 @@ mod tests {
 
     fn counters(route: &str, count: u64, buckets: &[(f64, u64)]) -> Counters {
         let mut c = Counters::default();
-        c.routes
-            .insert(route.to_owned(), (count, buckets.to_vec()));
+        c.routes.insert(route.to_owned(), (count, buckets.to_vec()));
         c.targets
             .insert(("u".to_owned(), "http://t".to_owned()), (count, count / 10));
         c
@@ -227,7 +228,10 @@ mod tests {
         let history = History::default();
         let b = |n| vec![(0.01, n), (f64::INFINITY, n)];
         history.record(1_000, counters("r", 0, &b(0)));
-        assert!(history.routes().is_empty(), "the first sample is the baseline");
+        assert!(
+            history.routes().is_empty(),
+            "the first sample is the baseline"
+        );
         history.record(2_000, counters("r", 50, &b(50)));
         let points = &history.routes()["r"];
         assert_eq!(points.len(), 1);
@@ -240,6 +244,9 @@ mod tests {
         }
         assert_eq!(history.routes()["r"].len(), SAMPLES);
         history.record(999_000, Counters::default());
-        assert!(history.routes().is_empty(), "a removed route stops being charted");
+        assert!(
+            history.routes().is_empty(),
+            "a removed route stops being charted"
+        );
     }
 }

@@ -108,11 +108,7 @@ impl Accounting {
         gateway.metrics.in_flight.inc();
         let access_log = snapshot.config().server.access_log;
         let telemetry = &snapshot.plan.telemetry;
-        let trace = RequestTrace::begin(
-            telemetry,
-            req.headers_mut(),
-            telemetry.export.is_some(),
-        );
+        let trace = RequestTrace::begin(telemetry, req.headers_mut(), telemetry.export.is_some());
         let request_id = telemetry.request_id_header.as_ref().map(|name| {
             let id = match req.headers().get(name) {
                 Some(given) if request_id::is_valid(given) => given.clone(),

@@ -4,11 +4,11 @@
 use http::{Request, Response};
 
 use super::{Exchange, Step};
-use crate::{admin, dashboard};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::paths::REGISTRY_PATHS;
 use crate::registry;
+use crate::{admin, dashboard};
 
 /// Answers requests for the gateway's own paths (they are counted under the `(admin)`
 /// route); other requests go on.

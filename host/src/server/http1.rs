@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,9 +39,26 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
         // slow head.
         self.state.busy.store(true, Ordering::Relaxed);
         let handled = pipeline::handle(self.gateway.clone(), req, self.peer.clone());
-        Box::pin(handled)
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut response = handled.await?;
+            // Draining: this is the connection's last response (hyper closes after a
+            // `Connection: close`), so the client opens its next one elsewhere.
+            if state.draining.load(Ordering::Relaxed)
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
+        })
     }
 }
+
+/// How long a draining connection must stay quiet before it is closed.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Serves one HTTP/1.1 connection until it ends, finishing its current request and
 /// closing when the gateway drains.
@@ -52,13 +69,32 @@ pub(super) async fn serve<S: Stream>(
     mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let addr = peer.addr;
-    let conn = connection(stream, peer, gateway);
+    let (conn, state) = connection(stream, peer, gateway);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = draining.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            state.draining.store(true, Ordering::Relaxed);
+            // hyper's graceful shutdown closes an idle connection at once, cutting off
+            // a request already on its way (a keep-alive client's next one, or the
+            // first one of a connection accepted just before the drain). So requests
+            // keep being served (each answer says `Connection: close`), and the
+            // connection is closed only once it has been quiet for DRAIN_QUIET. The
+            // server's shutdown grace bounds the whole wait.
+            loop {
+                let seen = state.activity.load(Ordering::Relaxed);
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    () = tokio::time::sleep(DRAIN_QUIET) => {
+                        if !state.busy.load(Ordering::Relaxed)
+                            && state.activity.load(Ordering::Relaxed) == seen
+                        {
+                            conn.as_mut().graceful_shutdown();
+                            break conn.await;
+                        }
+                    }
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -69,14 +105,21 @@ pub(super) async fn serve<S: Stream>(
 /// An HTTP/1.1 connection over `S`.
 type Connection<S> = http1::UpgradeableConnection<TokioIo<TrackedStream<S>>, GatewayService>;
 
-/// Serves HTTP/1.1 on `stream` (a TCP stream, or a TLS stream over one).
-fn connection<S: Stream>(stream: S, peer: Peer, gateway: Arc<Gateway>) -> Connection<S> {
+/// Serves HTTP/1.1 on `stream` (a TCP stream, or a TLS stream over one); the state
+/// its service and socket share.
+fn connection<S: Stream>(
+    stream: S,
+    peer: Peer,
+    gateway: Arc<Gateway>,
+) -> (Connection<S>, Arc<ConnState>) {
     let server = gateway.snapshot().config().server.clone();
     let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
     let peer_addr = peer.addr;
     let state = Arc::new(ConnState {
         busy: AtomicBool::new(false),
         upgraded: peer.upgraded.clone(),
+        draining: AtomicBool::new(false),
+        activity: AtomicU64::new(0),
     });
     let mut builder = http1::Builder::new();
     builder
@@ -96,17 +139,18 @@ fn connection<S: Stream>(stream: S, peer: Peer, gateway: Arc<Gateway>) -> Connec
         idle_since: Instant::now(),
         header_timeout,
     });
-    builder
+    let conn = builder
         .serve_connection(
             io,
             GatewayService {
                 gateway,
                 peer,
-                state,
+                state: state.clone(),
             },
         )
         // WebSocket routes take the connection over after a 101.
-        .with_upgrades()
+        .with_upgrades();
+    (conn, state)
 }
 
 /// A connection's byte stream, and how (if at all) it can be told "408" on its way
@@ -137,6 +181,10 @@ pub(super) struct ConnState {
     busy: AtomicBool,
     /// The connection became a WebSocket tunnel (`Peer::upgraded`).
     upgraded: Arc<AtomicBool>,
+    /// The gateway drains: responses close the connection.
+    draining: AtomicBool,
+    /// Counts reads that brought bytes (a draining connection closes once this stops).
+    activity: AtomicU64,
 }
 
 /// The client socket. It notes when a request head has started arriving, so that when
@@ -219,11 +267,11 @@ impl<S: Stream> AsyncRead for TrackedStream<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-            && !self.state.busy.load(Ordering::Relaxed)
-        {
-            self.head_started = true;
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.activity.fetch_add(1, Ordering::Relaxed);
+            if !self.state.busy.load(Ordering::Relaxed) {
+                self.head_started = true;
+            }
         }
         polled
     }

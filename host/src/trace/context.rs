@@ -81,9 +81,9 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 fn hex_u128(digits: &[u8]) -> Option<u128> {
-    digits
-        .iter()
-        .try_fold(0u128, |acc, &b| Some((acc << 4) | u128::from(hex_digit(b)?)))
+    digits.iter().try_fold(0u128, |acc, &b| {
+        Some((acc << 4) | u128::from(hex_digit(b)?))
+    })
 }
 
 fn hex_u64(digits: &[u8]) -> Option<u64> {
@@ -126,7 +126,12 @@ mod tests {
             b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"",
         ] {
-            assert_eq!(parse_traceparent(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // A later version may carry more fields after a dash.
         assert!(

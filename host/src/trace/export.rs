@@ -93,11 +93,15 @@ impl Tracer {
         let spans = trace.span_count() as u64;
         let guard = self.queue.load();
         let Some(queue) = guard.as_ref() else {
-            self.dropped.with_label_values(&["no_exporter"]).inc_by(spans);
+            self.dropped
+                .with_label_values(&["no_exporter"])
+                .inc_by(spans);
             return;
         };
         if queue.sender.try_send(trace).is_err() {
-            self.dropped.with_label_values(&["queue_full"]).inc_by(spans);
+            self.dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(spans);
         }
     }
 
@@ -131,8 +135,7 @@ fn build_exporter(
         .https_or_http()
         .enable_http1()
         .build();
-    let client =
-        opentelemetry_http::hyper::HyperClient::new(connector, settings.timeout, None);
+    let client = opentelemetry_http::hyper::HyperClient::new(connector, settings.timeout, None);
     let headers: HashMap<String, String> = settings.headers.iter().cloned().collect();
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -299,7 +302,10 @@ fn to_spans(trace: &FinishedTrace, scope: &InstrumentationScope) -> Vec<SpanData
                     KeyValue::new("fluxgate.retry_count", i64::from(attempt.saturating_sub(1))),
                 ];
                 if let Some(status) = status {
-                    attributes.push(KeyValue::new("http.response.status_code", i64::from(*status)));
+                    attributes.push(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(*status),
+                    ));
                 }
                 if let Some(error) = error {
                     attributes.push(KeyValue::new("error.type", *error));

@@ -264,7 +264,10 @@ mod tests {
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!sent.contains("00f067aa0ba902b7"));
         assert_eq!(headers.get(&TRACESTATE).unwrap(), "vendor=1");
-        assert_eq!(trace.recording.unwrap().tracestate.as_deref(), Some("vendor=1"));
+        assert_eq!(
+            trace.recording.unwrap().tracestate.as_deref(),
+            Some("vendor=1")
+        );
     }
 
     #[test]
@@ -276,7 +279,14 @@ mod tests {
         assert!(!trace.context.unwrap().sampled);
         assert!(trace.recording.is_none(), "not sampled: nothing recorded");
         assert!(headers.get(&TRACESTATE).is_none());
-        assert!(headers.get(&TRACEPARENT).unwrap().to_str().unwrap().ends_with("-00"));
+        assert!(
+            headers
+                .get(&TRACEPARENT)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
+        );
     }
 
     #[test]
