@@ -35,6 +35,12 @@
 #                          ECDSA P-256 certificate (made with openssl in bench/out/tls/) and
 #                          one worker on core 0, e.g.
 #                          BENCH_SETUPS="nginx-https fg-https nginx-h2 fg-h2")
+#                          Tracing: fg-trace-1 / fg-trace-001 = fluxgate with spans
+#                          exported over OTLP/HTTP (to the upstream nginx, which accepts
+#                          and drops them) at sampling 1.0 / 0.01; fg-trace-off = request
+#                          ids and trace context turned off too (plain `fluxgate` has
+#                          them on, without an exporter), e.g.
+#                          BENCH_SETUPS="fluxgate fg-trace-off fg-trace-1 fg-trace-001"
 #   BENCH_REDIS_PORT       redis-server port for fg-cluster-limits   (default 18084)
 #   BENCH_TLS_PORT         TLS port of the proxy under test          (default 18085)
 #   BENCH_H2_CONNS         h2load connections                        (default 10)
@@ -362,6 +368,7 @@ if [[ " $SETUPS " == *" fg-rewrite "* || " $SETUPS " == *" fg-auth-rewrite "* ||
     cp "$ROOT/plugins/target/wasm32-wasip2/release/spin.wasm" "$PLUGIN_DIR/spin.wasm"
 fi
 : >"$OUT/plugin-calls.txt"
+: >"$OUT/trace-spans.txt"
 
 if [[ " $SETUPS " == *" f"* ]]; then
     if [[ "$SKIP_BUILD" == 1 ]]; then
@@ -405,6 +412,21 @@ for setup in $SETUPS; do
             pid="$STARTED_PID"
             wait_ready fluxgate "$pid" "$FLUXGATE_PORT"
             run_wrk fluxgate "$FLUXGATE_PORT" "$pid"
+            stop_pid "$pid"
+            ;;
+        fg-trace-1 | fg-trace-001 | fg-trace-off)
+            ratio=1.0 context=true export="otlp_endpoint = \"http://127.0.0.1:$UPSTREAM_PORT\""
+            [[ "$setup" == fg-trace-001 ]] && ratio=0.01
+            [[ "$setup" == fg-trace-off ]] && context=false export=""
+            render "$BENCH/fluxgate-trace.toml.tmpl" "$OUT/$setup.toml" \
+                PORT="$FLUXGATE_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" RATIO="$ratio" \
+                TRACE_CONTEXT="$context" EXPORT="$export"
+            start "$setup" taskset -c 0 "$FLUXGATE_BIN" --config "$OUT/$setup.toml"
+            pid="$STARTED_PID"
+            wait_ready "$setup" "$pid" "$FLUXGATE_PORT"
+            run_wrk "$setup" "$FLUXGATE_PORT" "$pid"
+            curl -fsS --max-time 2 "http://127.0.0.1:$FLUXGATE_PORT/metrics" 2>/dev/null |
+                grep '^fluxgate_trace_spans' | sed "s/^/$setup: /" >>"$OUT/trace-spans.txt" || true
             stop_pid "$pid"
             ;;
         fg-limits)
@@ -491,7 +513,7 @@ for setup in $SETUPS; do
             run_tls "$setup"
             ;;
         *)
-            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-limits, fg-cluster-limits, fg-rewrite, fg-auth-rewrite, fg-flood, nginx-https, fg-https, nginx-h2, fg-h2)"
+            die "unknown setup '$setup' (expected direct, nginx, fluxgate, fg-trace-1, fg-trace-001, fg-trace-off, fg-limits, fg-cluster-limits, fg-rewrite, fg-auth-rewrite, fg-flood, nginx-https, fg-https, nginx-h2, fg-h2)"
             ;;
     esac
 done
@@ -519,6 +541,10 @@ done
     if [[ -s "$OUT/fg-cluster-limits.redis.txt" ]]; then
         echo "fg-cluster-limits Redis use:"
         sed 's/^/  /' "$OUT/fg-cluster-limits.redis.txt"
+    fi
+    if [[ -s "$OUT/trace-spans.txt" ]]; then
+        echo "spans (exported / dropped) of the fg-trace-* setups:"
+        sed 's/^/  /' "$OUT/trace-spans.txt"
     fi
     if [[ -s "$OUT/plugin-calls.txt" ]]; then
         echo "plugin hook calls (gateway histogram, includes instance checkout/return):"

@@ -14,8 +14,9 @@ fi
 
 # The servers the end-to-end tests start on loopback ports (Debian packages): Redis
 # for cluster-wide rate limits, etcd and dnsmasq for discovery, pebble (an ACME CA,
-# with pebble-challtestsrv in the same package) for automatic certificates. Installed
-# only when missing; their package scripts are told not to start system-wide services.
+# with pebble-challtestsrv in the same package) for automatic certificates; and the
+# tools the dashboard and deploy/ tests use. Installed only when missing; their package
+# scripts are told not to start system-wide services.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -26,6 +27,10 @@ command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsma
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# Headless Chromium renders the dashboard in its browser test; systemd's
+# systemd-analyze verifies deploy/systemd/fluxgate.service.
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The memberlist interop tests (tests/e2e/cluster_interop.rs) build a Go peer against
 # HashiCorp memberlist from Debian's packages, offline in GOPATH mode.
 command -v go >/dev/null 2>&1 || need+=(golang-go)

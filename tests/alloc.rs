@@ -157,6 +157,7 @@ fn a_proxied_request_makes_few_allocations() {
             overrides: Overrides::default(),
             listener: Some(listener),
             tls_listener: None,
+            inherited: Default::default(),
         })
         .await
         .expect("gateway starts");
@@ -164,6 +165,7 @@ fn a_proxied_request_makes_few_allocations() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(running.serve(async {
             let _ = stopped.await;
+            launch::Stop::Shutdown
         }));
         let warm = tokio::task::spawn_blocking(move || client(addr, WARM_UP));
         warm.await.expect("warm-up client");

@@ -33,6 +33,11 @@ pub fn answer<B>(
 
 /// `GET /api/v1/health`: liveness plus what is loaded.
 fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
+    json_response(StatusCode::OK, &health_json(gateway, snapshot))
+}
+
+/// The health document (also part of the dashboard's data).
+pub fn health_json(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Value {
     let members: Vec<serde_json::Value> = match gateway.cluster.get() {
         Some(view) => view
             .members()
@@ -65,7 +70,7 @@ fn health(gateway: &Gateway, snapshot: &Snapshot) -> Response<GatewayBody> {
         },
         "plugins": plugins(gateway),
     });
-    json_response(StatusCode::OK, &body)
+    body
 }
 
 /// The plugins in force: name, version, file digest and breaker state.
@@ -90,6 +95,11 @@ fn plugins(gateway: &Gateway) -> Vec<serde_json::Value> {
 /// `GET /api/v1/upstreams`: every group and target with its health, breaker state,
 /// in-flight and total requests.
 fn upstreams(snapshot: &Snapshot) -> Response<GatewayBody> {
+    json_response(StatusCode::OK, &upstreams_json(snapshot))
+}
+
+/// The upstreams document (also part of the dashboard's data).
+pub fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
     let now = Instant::now();
     let mut groups: Vec<_> = snapshot.upstreams.values().collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -129,7 +139,7 @@ fn upstreams(snapshot: &Snapshot) -> Response<GatewayBody> {
             })
         })
         .collect();
-    json_response(StatusCode::OK, &serde_json::json!({ "upstreams": groups }))
+    serde_json::json!({ "upstreams": groups })
 }
 
 /// Brings the per-target gauges (health, breaker) up to date; they are read at

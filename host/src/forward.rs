@@ -16,6 +16,8 @@ use crate::gateway::{Gateway, Route};
 use crate::headers::{add_forwarded, strip_hop_by_hop};
 use crate::peer::Peer;
 use crate::policy::retry;
+use crate::trace::span::TRACEPARENT;
+use crate::trace::{ChildKind, RequestTrace};
 use crate::upstream::h1_client::SendError;
 use crate::upstream::{InFlight, RetryPolicy, Target, UpstreamGroup};
 
@@ -27,6 +29,8 @@ pub struct UpstreamRecord {
     pub upstream: Option<Arc<str>>,
     pub target: Option<Arc<str>>,
     pub in_flight: Option<InFlight>,
+    /// Exchanges tried (1 = no retry).
+    pub attempts: u32,
 }
 
 /// The target-independent part of an upstream request: rewritten path, cleaned and
@@ -144,7 +148,8 @@ impl Prepared {
 /// Sends the request to the route's group: picks an available target (health,
 /// ejection, breaker), sends, and retries per the group's `retry` policy (different
 /// target when one exists, backoff with full jitter, within the retry budget). A
-/// retry only ever happens before anything was sent to the client.
+/// retry only ever happens before anything was sent to the client. Each attempt is
+/// a child span of the request's trace (when recorded) and the upstream's parent.
 pub async fn send(
     gateway: &Gateway,
     route: &Route,
@@ -152,6 +157,7 @@ pub async fn send(
     path: &str,
     peer: &Peer,
     record: &mut UpstreamRecord,
+    trace: &mut RequestTrace,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let group = &route.upstream;
     record.upstream = Some(group.name.clone());
@@ -200,9 +206,21 @@ pub async fn send(
             Some(bytes) => GatewayBody::full(bytes.clone()),
             None => body.take().unwrap_or_default(),
         };
-        let request = prepared.for_target(route, target, attempt_body, last)?;
+        let mut request = prepared.for_target(route, target, attempt_body, last)?;
+        let span = trace.start_child();
+        if let Some(traceparent) = trace.upstream_traceparent(span) {
+            request.headers_mut().insert(&TRACEPARENT, traceparent);
+        }
         record.target = Some(target.url.clone());
+        record.attempts = attempt;
         let outcome = send_once(gateway, group, target, request, record).await;
+        trace.end_child(span, || ChildKind::Attempt {
+            upstream: group.name.clone(),
+            target: target.url.clone(),
+            attempt,
+            status: outcome.as_ref().ok().map(|r| r.status().as_u16()),
+            error: outcome.as_ref().err().map(GatewayError::code),
+        });
         let failed = match &outcome {
             Ok(response) => group.is_failure_status(response.status().as_u16()),
             Err(e) => !e.is_client_fault(),

@@ -53,6 +53,8 @@ pub struct Gateway {
     policy_state: PolicyState,
     generation: AtomicU64,
     pub metrics: Metrics,
+    /// Where sampled requests' spans go (the OTLP export queue in force).
+    pub tracer: crate::trace::Tracer,
     /// The plugins in force (outlive config snapshots).
     pub plugins: PluginHost,
     /// Metrics of requests that matched no route, and of management requests.
@@ -79,6 +81,21 @@ pub struct Gateway {
     tls_port: OnceLock<u16>,
     /// ACME http-01 answers under way (the plain listener serves them).
     pub acme_tokens: Arc<Http01Tokens>,
+    /// The last config reload's outcome (for the dashboard).
+    last_reload: Mutex<Option<ReloadOutcome>>,
+    /// Open WebSocket tunnels (a drain waits for them).
+    pub tunnels: Arc<crate::tunnels::Tunnels>,
+    /// Per-route rates and latencies of the last minutes (the dashboard's charts).
+    pub history: crate::dashboard::history::History,
+}
+
+/// What the last config reload did.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    /// When it happened (Unix milliseconds).
+    pub at_ms: u64,
+    /// The generation put in force, or every problem found.
+    pub result: Result<u64, String>,
 }
 
 /// What the TLS listener serves: the store its handshakes read, the files behind it,
@@ -127,6 +144,7 @@ impl Gateway {
         let plugins = PluginHost::default();
         plugins.configure(build::host_settings(&snapshot.config().plugins));
         Arc::new(Self {
+            tracer: crate::trace::Tracer::new(&metrics),
             plugins,
             unrouted_metrics: metrics.for_route("(none)"),
             admin_metrics: metrics.for_route("(admin)"),
@@ -146,7 +164,27 @@ impl Gateway {
             tls: Mutex::new(None),
             tls_port: OnceLock::new(),
             acme_tokens: Arc::default(),
+            last_reload: Mutex::new(None),
+            tunnels: Arc::default(),
+            history: Default::default(),
         })
+    }
+
+    /// Records a reload's outcome.
+    pub fn note_reload(&self, result: Result<u64, String>) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(ReloadOutcome { at_ms, result });
+    }
+
+    /// The last reload's outcome (`None`: no reload since start).
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The snapshot in force now. Hold it for the whole request.
@@ -163,7 +201,22 @@ impl Gateway {
         }
         self.plugins
             .configure(build::host_settings(&plan.config.plugins));
+        self.configure_export(&plan);
         self.rebuild(Arc::new(plan))
+    }
+
+    /// Starts, changes or stops the span export for `plan` (a failure is logged: the
+    /// gateway serves without exporting).
+    pub fn configure_export(&self, plan: &Plan) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if let Err(e) = self
+            .tracer
+            .configure(plan.telemetry.export.as_ref(), &self.node_name)
+        {
+            tracing::error!("{e}; spans are not exported");
+        }
     }
 
     /// Serves `store` on the TLS listener: its expiry published, its files watched,
@@ -473,10 +526,18 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
 
 /// `host:port` of this machine, unique per gateway process on one host.
 fn default_node_name(local_addr: SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "fluxgate".to_owned());
+    let host = hostname().unwrap_or_else(|| "fluxgate".to_owned());
     format!("{host}:{}", local_addr.port())
+}
+
+/// gethostname(2): works under systemd's `ProcSubset=pid`, which hides /proc/sys.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let host = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!host.is_empty()).then_some(host)
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::AcmeChallenge;
 use crate::gateway::Gateway;
+use crate::handoff::{self, Handoff, Inherited};
 use crate::plan::TlsPlan;
 use crate::plan::{Overrides, Plan};
 use crate::plugins::watch::PluginWatcher;
@@ -22,6 +23,8 @@ use crate::server::Listeners;
 use crate::tls::{CertStore, Terminator, TerminatorSettings, TlsListener};
 use crate::{cluster, discovery, plugins, reload, sockets};
 
+/// How long a stopping gateway waits for its last spans to be exported.
+const EXPORT_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping node waits for its "leaving" gossip to go out.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
 
@@ -38,6 +41,9 @@ pub struct Launch {
     /// The same for the TLS listener (used only with a `[tls]` section); `None` = bind
     /// `tls.listen`.
     pub tls_listener: Option<TcpListener>,
+    /// Sockets handed over by the process this one replaces (binary upgrade): taken
+    /// by label and address before anything is bound.
+    pub inherited: Inherited,
 }
 
 /// Why a gateway could not start.
@@ -62,6 +68,8 @@ pub enum StartError {
     },
     #[error("setting up TLS: {0}")]
     Tls(String),
+    #[error("keeping the listening sockets for an upgrade: {0}")]
+    Handoff(std::io::Error),
 }
 
 /// A started gateway, not yet serving.
@@ -71,6 +79,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The TLS listener's address, when there is one.
     pub tls_addr: Option<SocketAddr>,
+    /// Duplicates of every listening socket, for a binary upgrade.
+    pub handoff: Handoff,
+    /// The config watcher's handle for forced reloads (SIGHUP); `None` without a file.
+    pub reloader: Option<reload::Reloader>,
     listeners: Listeners,
     cluster: Option<JoinHandle<()>>,
     /// Discovery provider tasks: aborted when the gateway stops (or this is dropped).
@@ -87,16 +99,44 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         overrides,
         listener,
         tls_listener,
+        mut inherited,
     } = launch;
     // Before the gateway is built: per-worker state (connection pools) is sized by it.
     crate::worker::set_count(crate::worker::resolve(plan.config.server.workers));
     let listener = match listener {
         Some(listener) => listener,
-        None => bind(plan.listen).map_err(|source| StartError::Listen {
-            addr: plan.listen,
-            source,
-        })?,
+        None => take_or_bind(&mut inherited, handoff::HTTP, plan.listen)?,
     };
+    let tls_listener = match (tls_listener, &plan.tls) {
+        (Some(listener), _) => Some(listener),
+        (None, Some(tls)) => Some(take_or_bind(&mut inherited, handoff::TLS, tls.listen)?),
+        (None, None) => None,
+    };
+    let gossip = match plan.cluster.as_ref().filter(|c| c.gossip) {
+        Some(settings) => Some(take_or_bind_gossip(&mut inherited, settings.gossip_listen)?),
+        None => None,
+    };
+    if !inherited.leftover().is_empty() {
+        tracing::warn!(labels = ?inherited.leftover(), "inherited sockets the config no longer listens on are closed");
+    }
+    drop(inherited);
+    let mut handoff = Handoff::default();
+    handoff
+        .add(handoff::HTTP, &listener)
+        .map_err(StartError::Handoff)?;
+    if let Some(tls) = &tls_listener {
+        handoff
+            .add(handoff::TLS, tls)
+            .map_err(StartError::Handoff)?;
+    }
+    if let Some((tcp, udp)) = &gossip {
+        handoff
+            .add(handoff::GOSSIP_TCP, tcp)
+            .map_err(StartError::Handoff)?;
+        handoff
+            .add(handoff::GOSSIP_UDP, udp)
+            .map_err(StartError::Handoff)?;
+    }
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: plan.listen,
         source,
@@ -106,30 +146,30 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
     let discovery_plans = plan.discovery.clone();
     let tls_plan = plan.tls.clone();
     let gateway = Gateway::new(plan, addr);
-    let tls = match tls_plan {
-        Some(tls_plan) => Some(start_tls(&gateway, &tls_plan, tls_listener)?),
-        None => None,
+    gateway.configure_export(&gateway.snapshot().plan);
+    let tls = match (tls_plan, tls_listener) {
+        (Some(tls_plan), Some(listener)) => Some(start_tls(&gateway, &tls_plan, listener)?),
+        _ => None,
     };
     let tls_addr = tls.as_ref().and_then(|t| t.listener.local_addr().ok());
-    let cluster = match cluster_settings {
-        Some(settings) => {
+    let cluster = match (cluster_settings, gossip) {
+        (Some(settings), Some(sockets)) => {
             if settings.advertise.is_none() && settings.gossip_listen.ip().is_unspecified() {
                 tracing::warn!(
                     "cluster.advertise not set: other nodes are told 127.0.0.1 (single-host clusters only)"
                 );
             }
             let gossip = settings.gossip_listen;
-            let (view, task) =
-                cluster::start(gateway.clone(), settings)
-                    .await
-                    .map_err(|source| StartError::Gossip {
-                        addr: gossip,
-                        source,
-                    })?;
+            let (view, task) = cluster::start(gateway.clone(), settings, sockets)
+                .await
+                .map_err(|source| StartError::Gossip {
+                    addr: gossip,
+                    source,
+                })?;
             let _ = gateway.cluster.set(view);
             Some(task)
         }
-        None => None,
+        _ => None,
     };
     let providers = Tasks(discovery::start(&gateway, &discovery_plans));
     plugins::watch::load_all(&gateway, &plugin_dir).await;
@@ -149,11 +189,14 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
             )?),
             None => None,
         };
+    let reloader = config_watcher.as_ref().map(ConfigWatcher::reloader);
     tracing::info!(listen = %addr, tls = ?tls_addr, config = ?config_path, "fluxgate listening");
     Ok(Running {
         gateway,
         addr,
         tls_addr,
+        handoff,
+        reloader,
         listeners: Listeners {
             plain: listener,
             tls,
@@ -167,8 +210,10 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
 
 impl Running {
     /// Serves until `shutdown` completes, drains in-flight requests, then tells the
-    /// cluster this node is leaving (so peers see "left", not wait to declare it dead).
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    /// cluster this node is leaving (so peers see "left", not wait to declare it dead)
+    /// — unless `shutdown` said the process was replaced by an upgrade: the new
+    /// process goes on under the same node name on the same gossip socket.
+    pub async fn serve(self, shutdown: impl Future<Output = Stop>) -> std::io::Result<()> {
         let Running {
             gateway,
             listeners,
@@ -176,17 +221,38 @@ impl Running {
             providers,
             ..
         } = self;
+        let stop = std::sync::Arc::new(std::sync::Mutex::new(Stop::Shutdown));
+        let seen = stop.clone();
+        let shutdown = async move {
+            let why = shutdown.await;
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        };
         crate::run(listeners, gateway.clone(), shutdown).await?;
         drop(providers);
-        if let (Some(view), Some(mut task)) = (gateway.cluster.get(), cluster) {
-            view.leave();
-            if tokio::time::timeout(LEAVE_GRACE, &mut task).await.is_err() {
-                task.abort();
+        gateway.tracer.shutdown(EXPORT_GRACE).await;
+        let why = *stop.lock().unwrap_or_else(|e| e.into_inner());
+        match (gateway.cluster.get(), cluster) {
+            (Some(view), Some(mut task)) if why == Stop::Shutdown => {
+                view.leave();
+                if tokio::time::timeout(LEAVE_GRACE, &mut task).await.is_err() {
+                    task.abort();
+                }
             }
+            (_, Some(task)) => task.abort(),
+            _ => {}
         }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Why a gateway stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, Ctrl-C, a test: drain and leave the cluster.
+    Shutdown,
+    /// A new process took the listening sockets over: drain, do not leave.
+    Upgraded,
 }
 
 /// Tasks that end when this is dropped.
@@ -205,15 +271,8 @@ impl Drop for Tasks {
 fn start_tls(
     gateway: &Arc<Gateway>,
     plan: &TlsPlan,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
 ) -> Result<TlsListener, StartError> {
-    let listener = match listener {
-        Some(listener) => listener,
-        None => bind(plan.listen).map_err(|source| StartError::Listen {
-            addr: plan.listen,
-            source,
-        })?,
-    };
     let store = Arc::new(CertStore::new(plan.loaded.clone()));
     let acme_tls_alpn = plan
         .acme
@@ -249,4 +308,35 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         sockets::ACCEPT_BACKLOG,
         reuse_port,
     )?)
+}
+
+/// The inherited listener labelled `label` for `addr`, else a new one.
+fn take_or_bind(
+    inherited: &mut Inherited,
+    label: &str,
+    addr: SocketAddr,
+) -> Result<TcpListener, StartError> {
+    let listen_error = |source| StartError::Listen { addr, source };
+    match inherited.take(label, addr) {
+        Some(socket) => {
+            tracing::info!(%addr, label, "listening on an inherited socket");
+            TcpListener::from_std(socket.into()).map_err(listen_error)
+        }
+        None => bind(addr).map_err(listen_error),
+    }
+}
+
+/// The inherited gossip sockets for `addr`, else new ones.
+fn take_or_bind_gossip(
+    inherited: &mut Inherited,
+    addr: SocketAddr,
+) -> Result<cluster::GossipSockets, StartError> {
+    let gossip_error = |source| StartError::Gossip { addr, source };
+    match (
+        inherited.take(handoff::GOSSIP_TCP, addr),
+        inherited.take(handoff::GOSSIP_UDP, addr),
+    ) {
+        (Some(tcp), Some(udp)) => Ok((tcp.into(), udp.into())),
+        _ => cluster::bind(addr).map_err(gossip_error),
+    }
 }

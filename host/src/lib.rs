@@ -12,6 +12,7 @@
 //!   limits → cache → forward → response edits → cache store → plugins on-response
 //!   → CORS and RateLimit headers → access log
 //! - `forward`   target pick (health, breaker), send, retries; `websocket` the tunnel
+//!   (`tunnels` counts the open ones for a drain)
 //! - `gateway`   state: the snapshot behind ArcSwap + what outlives snapshots
 //! - `snapshot`  one config view built from a plan (routes, groups, chains), with
 //!   state carried over by `carry` (keyed by typed values)
@@ -24,7 +25,9 @@
 //! - `plugins`   WebAssembly plugins: bindings, engine, instance pools, chains, folder watch
 //! - `cluster`   gossip: memberlist wire codec, SWIM state machine, UDP/TCP driver
 //! - `registry`  service registry: model, replicated store, management API, `/S/*` routes
-//! - `admin`     /api/v1/health, /api/v1/upstreams and /metrics; `paths` the reserved paths
+//! - `admin`     /api/v1/health, /api/v1/upstreams and /metrics; `paths` the reserved
+//!   paths; `access` who may use the admin API (loopback or the admin token)
+//! - `dashboard` the embedded /dashboard page, its data and per-route history
 //! - `router`    path patterns and most-specific-first matching (pure)
 //! - `user_id`   user identification for per-user routes (pure)
 //! - `balancer`  load-balancing algorithms (pure)
@@ -34,28 +37,37 @@
 //! - `body`      body types, the one bounded reader, the end-of-response hook
 //! - `error`     GatewayError and its one conversion to a JSON response
 //! - `reload`    config file watcher; `dir_watch` debounced folder watching
-//! - `telemetry` log setup
+//! - `telemetry` log setup (`log_file` the file reopened on SIGHUP); `trace` request
+//!   ids, trace context, OTLP span export
+//! - `binary_upgrade` replacing the binary: the successor started with the sockets of
+//!   `handoff`; `pid_file`, `sd_notify` tell others which process serves
 
+pub mod access;
 pub mod admin;
 pub mod balancer;
+pub mod binary_upgrade;
 pub mod body;
 pub mod carry;
 pub mod cluster;
 pub mod cluster_limit;
 pub mod config;
+pub mod dashboard;
 pub mod dir_watch;
 pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod h1;
+pub mod handoff;
 pub mod headers;
 pub mod http_upgrade;
 pub mod launch;
+pub mod log_file;
 pub mod memory;
 pub mod metrics;
 pub mod paths;
 pub mod peer;
+pub mod pid_file;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;
@@ -65,11 +77,14 @@ pub mod reload;
 pub mod rewrite;
 pub mod router;
 pub mod scaffold;
+pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
 pub mod sockets;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
+pub mod tunnels;
 pub mod upstream;
 pub mod user_id;
 pub mod websocket;
@@ -90,8 +105,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let maintenance = tokio::spawn(registry_maintenance(gateway.clone()));
+    let sampler = tokio::spawn(dashboard::sample(gateway.clone()));
     let served = server::serve(listeners, gateway, shutdown).await;
     maintenance.abort();
+    sampler.abort();
     served
 }
 

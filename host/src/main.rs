@@ -1,16 +1,23 @@
 //! `fluxgate-host`: the gateway binary (CLI parsing, runtime, signals; errors via anyhow).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fluxgate_host::config::ConfigError;
-use fluxgate_host::launch::{self, Launch};
+use fluxgate_host::handoff::Inherited;
+use fluxgate_host::launch::{self, Launch, Stop};
+use fluxgate_host::log_file::LogFile;
 use fluxgate_host::plan::{self, Overrides};
 use fluxgate_host::plugins::check::{self, CheckOptions, Sample};
 use fluxgate_host::scaffold;
 use fluxgate_host::telemetry::{self, LogFormat};
+use fluxgate_host::{binary_upgrade, pid_file, sd_notify};
+
+mod control;
 
 // mimalloc: glibc malloc showed up at ~5% of a proxied request's CPU; mimalloc's
 // thread-local free lists make the per-request allocations (heads, header maps) cheaper.
@@ -41,6 +48,13 @@ struct Cli {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Write log lines (the access log included) to this file instead of stdout;
+    /// SIGHUP reopens it (for logrotate).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// PID file, overriding server.pid_file (written once serving; read by `upgrade`).
+    #[arg(long, global = true)]
+    pid_file: Option<PathBuf>,
     /// TLS listen port, overriding tls.listen's port.
     #[arg(long)]
     tls_port: Option<u16>,
@@ -50,6 +64,10 @@ struct Cli {
     /// Cluster nodes to join, host:port[,host:port] (turns clustering on).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// Address other cluster nodes reach this one at (ip:port), overriding
+    /// cluster.advertise (a pod's address is only known when it starts).
+    #[arg(long)]
+    advertise: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,6 +79,20 @@ enum Command {
         /// The config file (also accepted before the subcommand).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Replace the running gateway (found by its PID file) with the binary now at its
+    /// path, without closing a connection: sends it SIGUSR2 and waits for the new
+    /// process to take over.
+    Upgrade {
+        /// Longest wait for the new process, in seconds.
+        #[arg(long, default_value_t = 90)]
+        wait_s: u64,
+    },
+    /// Probe a gateway's health endpoint: exit 0 on HTTP 200 (container health checks).
+    Health {
+        /// The URL to probe (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/health")]
+        url: String,
     },
     /// Write and check plugins.
     Plugin {
@@ -143,10 +175,23 @@ fn main() -> ExitCode {
         Some(Command::Plugin {
             command: PluginCommand::Check(args),
         }) => return plugin_check(args),
+        Some(Command::Upgrade { wait_s }) => {
+            return report(control::upgrade_command(
+                pid_path(&cli).as_deref(),
+                Duration::from_secs(wait_s),
+            ));
+        }
+        Some(Command::Health { url }) => return report(control::health_command(&url)),
         None => {}
     }
-    telemetry::init(cli.log_format, &cli.log_level);
-    match serve(cli) {
+    let log = match telemetry::init(cli.log_format, &cli.log_level, cli.log_file.as_deref()) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("fluxgate-host: cannot open the log file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -154,6 +199,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn report(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fluxgate-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The PID file: `--pid-file`, else `server.pid_file` of `--config`.
+fn pid_path(cli: &Cli) -> Option<PathBuf> {
+    cli.pid_file.clone().or_else(|| {
+        let path = cli.config.as_deref()?;
+        plan::load_file(path, &Overrides::default())
+            .ok()?
+            .config
+            .server
+            .pid_file
+    })
 }
 
 fn validate(path: Option<&Path>) -> ExitCode {
@@ -281,17 +351,29 @@ fn run_check(args: &CheckArgs) -> anyhow::Result<check::Report> {
     Ok(runtime.block_on(check::check(&bytes, &options))?)
 }
 
-fn serve(cli: Cli) -> anyhow::Result<()> {
+fn serve(cli: Cli, log: Option<LogFile>) -> anyhow::Result<()> {
+    // Taken now: after the binary is replaced on disk, /proc/self/exe names a deleted
+    // file, and the upgrade must start what is at the path today.
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let overrides = Overrides {
         port: cli.port,
         gossip_port: cli.gossip_port,
         join: cli.join.clone(),
         tls_port: cli.tls_port,
+        advertise: cli.advertise.clone(),
     };
     let plan = match &cli.config {
         Some(path) => plan::load_file(path, &overrides)?,
         None => plan::defaults(&overrides)?,
     };
+    let pid_file = cli
+        .pid_file
+        .clone()
+        .or_else(|| plan.config.server.pid_file.clone());
+    let upgrade_timeout = Duration::from_millis(plan.config.server.upgrade_timeout_ms);
+    let inherited = Inherited::from_env().context("taking over the listening sockets")?;
+    let upgraded = !inherited.is_empty();
     // Worker 0 (and the background tasks) on this thread's current-thread runtime;
     // `server.workers` > 1 starts the others, one thread and runtime each, when
     // serving begins (server::workers). No work stealing on the data path.
@@ -302,47 +384,54 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Registered before anything is served: a SIGTERM that arrives right after
         // startup must stop the gateway gracefully, not kill it.
-        let shutdown = shutdown_signal();
-        let running = launch::start(Launch {
+        let signals = control::Signals::install()?;
+        let mut running = launch::start(Launch {
             plan,
             config_path: cli.config.clone(),
             overrides,
             listener: None,
             tls_listener: None,
+            inherited,
         })
         .await?;
-        running.serve(shutdown).await?;
+        let pid = std::process::id();
+        if let Some(path) = &pid_file {
+            pid_file::write(path, pid)?;
+        }
+        // The old process (after an upgrade) learns we serve; so does systemd.
+        binary_upgrade::report_ready();
+        if upgraded {
+            sd_notify::notify(&format!("MAINPID={pid}\nREADY=1"));
+        } else {
+            sd_notify::notify("READY=1");
+        }
+        let control = control::Control {
+            handoff: std::mem::take(&mut running.handoff),
+            reloader: running.reloader.clone(),
+            log,
+            exe,
+            args,
+            upgrade_timeout,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let control = tokio::spawn(async move {
+            let why = control.run(signals).await;
+            let _ = stop_tx.send(why);
+            why
+        });
+        let served = running
+            .serve(async move { stop_rx.await.unwrap_or(Stop::Shutdown) })
+            .await;
+        let why = if control.is_finished() {
+            control.await.unwrap_or(Stop::Shutdown)
+        } else {
+            control.abort();
+            Stop::Shutdown
+        };
+        if let (Some(path), Stop::Shutdown) = (&pid_file, why) {
+            pid_file::remove_if_ours(path, pid);
+        }
+        served?;
         Ok(())
     })
-}
-
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called (not
-/// when the future is first polled), so no signal is missed in between.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        match signals {
-            (Ok(mut term), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = interrupt.recv() => {},
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown signal received");
-    }
 }

@@ -82,6 +82,9 @@ declare!(IntCounterVec, |name, help, buckets, labels| {
 declare!(IntGauge, |name, help, buckets, labels| IntGauge::new(
     name, help
 ));
+declare!(IntCounter, |name, help, buckets, labels| IntCounter::new(
+    name, help
+));
 declare!(IntGaugeVec, |name, help, buckets, labels| {
     IntGaugeVec::new(Opts::new(name, help), labels)
 });
@@ -184,6 +187,10 @@ metrics! {
     acme_orders: IntCounterVec("acme_orders_total", labels = ["result"]),
     /// ACME validations answered, by challenge (http-01 requests, tls-alpn-01 handshakes)
     acme_challenges_answered: IntCounterVec("acme_challenges_answered_total", labels = ["challenge"]),
+    /// Spans sent to the OTLP endpoint
+    trace_spans_exported: IntCounter("trace_spans_exported_total"),
+    /// Spans not exported, by reason (queue_full, export_failed, no_exporter)
+    trace_spans_dropped: IntCounterVec("trace_spans_dropped_total", labels = ["reason"]),
 }
 
 impl Metrics {
@@ -195,6 +202,11 @@ impl Metrics {
             requests: self.requests.clone(),
             common: Default::default(),
         })
+    }
+
+    /// Every metric's current value (the dashboard samples these once a second).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition of every metric.

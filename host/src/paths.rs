@@ -14,9 +14,22 @@ pub const REGISTRY_PATHS: &[&str] = &[
     "/api/v1/services/heartbeat",
 ];
 
+/// The dashboard's data (admin access only).
+pub const DASHBOARD_DATA: &str = "/api/v1/dashboard";
+
+/// The dashboard: its page and assets (served to anyone: they hold no data) and its
+/// data (`dashboard`).
+pub const DASHBOARD_PATHS: &[&str] = &[
+    "/dashboard",
+    "/dashboard/",
+    "/dashboard/app.js",
+    "/dashboard/app.css",
+    DASHBOARD_DATA,
+];
+
 /// Is `path` answered by the gateway itself?
 pub fn is_reserved(path: &str) -> bool {
-    ADMIN_PATHS.contains(&path) || REGISTRY_PATHS.contains(&path)
+    ADMIN_PATHS.contains(&path) || REGISTRY_PATHS.contains(&path) || DASHBOARD_PATHS.contains(&path)
 }
 
 /// Resolves `.` and `..` segments (also percent-encoded, `%2e`), so `/public/../admin`

@@ -11,6 +11,26 @@ use crate::plan::{self, Overrides};
 /// Watches a config file while alive; dropping it stops the watch.
 pub struct ConfigWatcher {
     _watch: DirWatch,
+    reloader: Reloader,
+}
+
+impl ConfigWatcher {
+    /// A handle that forces a reload (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+}
+
+/// Asks the config watcher to read and apply the file now, even if its text did not
+/// change (SIGHUP's convention).
+#[derive(Debug, Clone)]
+pub struct Reloader(tokio::sync::mpsc::Sender<()>);
+
+impl Reloader {
+    pub fn reload(&self) {
+        // A reload already asked for and not yet done covers this one.
+        let _ = self.0.try_send(());
+    }
 }
 
 /// Starts watching `path`. `overrides` (the command line's `--port` and friends) apply
@@ -29,9 +49,17 @@ pub fn watch(
         (p.file_name() == name.as_deref()).then_some(())
     })?;
     let mut last_text = std::fs::read_to_string(&path).ok();
+    let (force, mut forced) = tokio::sync::mpsc::channel::<()>(1);
     // Ends when the watch is dropped (its batches close).
     tokio::spawn(async move {
-        while changes.recv().await.is_some() {
+        loop {
+            let is_forced = tokio::select! {
+                change = changes.recv() => match change {
+                    Some(_) => false,
+                    None => break,
+                },
+                Some(()) = forced.recv() => true,
+            };
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(text) => text,
                 Err(e) => {
@@ -45,7 +73,7 @@ pub fn watch(
                     continue;
                 }
             };
-            if last_text.as_deref() == Some(text.as_str()) {
+            if !is_forced && last_text.as_deref() == Some(text.as_str()) {
                 continue;
             }
             match plan::from_text(&text, Some(&path), &overrides) {
@@ -56,14 +84,18 @@ pub fn watch(
                         .config_reloads
                         .with_label_values(&["ok"])
                         .inc();
-                    tracing::info!(generation, path = %path.display(), "config reloaded");
+                    gateway.note_reload(Ok(generation));
+                    tracing::info!(generation, forced = is_forced, path = %path.display(), "config reloaded");
                 }
                 Err(e) => reject(&gateway, &e),
             }
             last_text = Some(text);
         }
     });
-    Ok(ConfigWatcher { _watch: watch })
+    Ok(ConfigWatcher {
+        _watch: watch,
+        reloader: Reloader(force),
+    })
 }
 
 fn reject(gateway: &Gateway, error: &ConfigError) {
@@ -72,6 +104,15 @@ fn reject(gateway: &Gateway, error: &ConfigError) {
         .config_reloads
         .with_label_values(&["error"])
         .inc();
+    let summary = match error {
+        ConfigError::Invalid(problems) => problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        ConfigError::Read { .. } => error.to_string(),
+    };
+    gateway.note_reload(Err(summary));
     match error {
         ConfigError::Invalid(problems) => {
             for problem in problems {

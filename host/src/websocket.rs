@@ -68,6 +68,7 @@ pub async fn proxy(
     };
     let target = &group.targets[index];
     record.target = Some(target.url.clone());
+    record.attempts = 1;
     let request = prepared.for_target(route, target, body, true)?;
     let mut response = forward::send_once(gateway, group, target, request, record).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -92,6 +93,7 @@ pub async fn proxy(
         parts.headers.insert(header::UPGRADE, accepted);
     }
     let gauge = gateway.metrics.websockets.clone();
+    let open = gateway.tunnels.open();
     let (group_name, target_url) = (group.name.clone(), target.url.clone());
     let in_flight = record.in_flight.take();
     tokio::spawn(async move {
@@ -106,6 +108,7 @@ pub async fn proxy(
         gauge.inc();
         let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         gauge.dec();
+        drop(open);
         // Counted as in flight to its target until the tunnel closes.
         drop(in_flight);
         match copied {

@@ -29,13 +29,25 @@ impl Process {
     /// Starts the binary with extra environment variables (`FLUXGATE_ADMIN_TOKEN` is
     /// otherwise removed, like `RUST_LOG`, so the test's own environment cannot leak in).
     pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_program(std::path::Path::new(BIN), args, env)
+    }
+
+    /// Starts `program` (a copy of the binary, for upgrades) like `start_with_env`.
+    pub(crate) fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let cwd = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(program);
         command
             .current_dir(cwd.path())
             .args(args)
             .env_remove("RUST_LOG")
-            .env_remove("FLUXGATE_ADMIN_TOKEN");
+            .env_remove("FLUXGATE_ADMIN_TOKEN")
+            .env_remove("FLUXGATE_INHERIT_FDS")
+            .env_remove("FLUXGATE_READY_FD")
+            .env_remove("NOTIFY_SOCKET");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -96,6 +108,11 @@ impl Process {
         let from = self.seen.len();
         self.wait_for(needle);
         self.seen[from..].to_vec()
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM without waiting for the exit.

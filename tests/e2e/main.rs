@@ -7,10 +7,13 @@
 
 mod acme;
 mod balancing;
+mod binary_upgrade;
 mod cli;
 mod cluster;
 mod cluster_interop;
 mod cluster_limits;
+mod dashboard;
+mod deploy;
 mod discovery;
 mod framing;
 mod http2;
@@ -24,4 +27,5 @@ mod reload;
 mod routing;
 mod support;
 mod tls;
+mod tracing;
 mod upstream_tls;

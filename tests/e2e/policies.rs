@@ -510,10 +510,10 @@ async fn cors_preflight_and_actual_responses() {
     );
 }
 
-const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+pub(crate) const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
-async fn read_head(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -544,7 +544,7 @@ async fn open_tunnel(gw: &TestGateway) -> TcpStream {
     stream
 }
 
-async fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+pub(crate) async fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
     stream.write_all(message).await.expect("write");
     let mut got = vec![0u8; message.len()];
     tokio::time::timeout(PATIENCE, stream.read_exact(&mut got))

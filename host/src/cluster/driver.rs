@@ -45,13 +45,17 @@ enum StreamEvent {
     PingResult { seq: u32, contacted: bool },
 }
 
-/// Binds the gossip sockets and starts the loop. The returned task runs until aborted
-/// (the gateway's lifetime).
+/// The gossip sockets: TCP and UDP on one port.
+pub type GossipSockets = (std::net::TcpListener, std::net::UdpSocket);
+
+/// Starts the loop on `sockets` (bound by `bind`, or inherited from the process this
+/// one replaces). The returned task runs until aborted (the gateway's lifetime).
 pub async fn start(
     gateway: Arc<Gateway>,
     settings: ClusterSettings,
+    sockets: GossipSockets,
 ) -> std::io::Result<(Arc<ClusterView>, JoinHandle<()>)> {
-    let (tcp, udp) = bind_pair(settings.gossip_listen)?;
+    let (tcp, udp) = sockets;
     let (tcp, udp) = (TcpListener::from_std(tcp)?, UdpSocket::from_std(udp)?);
     let bound = udp.local_addr()?;
     let mut advertise = settings.advertised();
@@ -65,7 +69,9 @@ pub async fn start(
     ));
     *view.gossip_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
     let config = SwimConfig::lan(gateway.node_name.clone(), advertise);
-    let seeds = resolve_seeds(&settings.join).await;
+    let mut seeds = resolve_seeds(&settings.join).await;
+    // Our own address (a seed name that resolves to every node) is not a peer.
+    seeds.retain(|seed| *seed != advertise);
     tracing::info!(node = %gateway.node_name, gossip = %bound, %advertise, seeds = seeds.len(), encrypted = keys.is_enabled(), "cluster starting");
     let looper = Loop {
         swim: Swim::new(config, Instant::now()),
@@ -82,7 +88,7 @@ pub async fn start(
 /// TCP and UDP on one port (memberlist's convention: peers derive one from the other).
 /// For port 0 the TCP port is picked first and UDP takes the same number, retrying
 /// with a new one if that UDP port happens to be in use.
-fn bind_pair(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<GossipSockets> {
     let mut last_error = None;
     for _ in 0..10 {
         let tcp = crate::sockets::listen_tcp(addr, 128, false)?;
@@ -112,11 +118,15 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Addresses tried per seed name: a headless Kubernetes Service answers one name with
+/// every pod's address (our own among them), so more than the first are kept.
+const ADDRS_PER_SEED: usize = 8;
+
 async fn resolve_seeds(join: &[String]) -> Vec<SocketAddr> {
     let mut seeds = Vec::new();
     for seed in join {
         match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => seeds.extend(addrs.take(1)),
+            Ok(addrs) => seeds.extend(addrs.take(ADDRS_PER_SEED)),
             Err(e) => tracing::warn!(seed, error = %e, "cannot resolve a cluster seed"),
         }
     }

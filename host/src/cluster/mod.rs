@@ -12,6 +12,6 @@ pub mod swim;
 pub mod view;
 pub mod wire;
 
-pub use driver::{ClusterSettings, start};
+pub use driver::{ClusterSettings, GossipSockets, bind, start};
 pub use view::{ClusterView, state_name};
 pub use wire::decode_key;

@@ -11,6 +11,7 @@ mod discovery;
 mod load;
 mod policy;
 mod schema;
+mod telemetry;
 mod tls;
 
 pub use discovery::{DiscoveryCheck, DiscoveryConfig, DiscoveryKind, RedisConfig};
@@ -20,6 +21,7 @@ pub use policy::{
     OnRedisError, OutlierConfig, RateAlgorithm, RateLimitConfig, RetryConfig,
 };
 pub use schema::*;
+pub use telemetry::TelemetryConfig;
 pub use tls::{
     AcmeChallenge, AcmeConfig, CertificateConfig, Http2Config, LETS_ENCRYPT_DIRECTORY, TlsConfig,
     UpstreamProtocol, UpstreamTlsConfig,

@@ -9,6 +9,7 @@ use super::policy::{
     CacheConfig, CircuitBreakerConfig, CorsConfig, HealthCheckConfig, OutlierConfig,
     RateLimitConfig, RetryConfig,
 };
+use super::telemetry::TelemetryConfig;
 use super::tls::{Http2Config, TlsConfig, UpstreamProtocol, UpstreamTlsConfig};
 
 /// The whole gateway.toml. All sections are optional.
@@ -25,6 +26,8 @@ pub struct Config {
     pub discovery: Vec<DiscoveryConfig>,
     /// Absent = no TLS listener.
     pub tls: Option<TlsConfig>,
+    /// Request ids, trace context, span export.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[cluster]`: gossip with other gateway nodes (memberlist's protocol).
@@ -71,6 +74,9 @@ impl Config {
             }
         };
         resolve(&mut self.plugins.dir);
+        if let Some(pid_file) = &mut self.server.pid_file {
+            resolve(pid_file);
+        }
         if let Some(tls) = &mut self.tls {
             for cert in &mut tls.certificates {
                 resolve(&mut cert.cert);
@@ -297,6 +303,12 @@ pub struct ServerConfig {
     pub h2c: bool,
     /// HTTP/2 limits (TLS and h2c).
     pub http2: Http2Config,
+    /// File the running process writes its PID to once it serves (and that
+    /// `fluxgate-host upgrade` reads); `--pid-file` overrides it.
+    pub pid_file: Option<std::path::PathBuf>,
+    /// Longest a binary upgrade waits for the new process to report ready before
+    /// giving up on it (the old process keeps serving).
+    pub upgrade_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -313,6 +325,8 @@ impl Default for ServerConfig {
             admin_token: None,
             h2c: false,
             http2: Http2Config::default(),
+            pid_file: None,
+            upgrade_timeout_ms: 60_000,
         }
     }
 }

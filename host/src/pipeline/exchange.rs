@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
 use tokio::time::Instant;
 
+use crate::trace::{RequestEnd, RequestTrace, request_id};
+
 use crate::body::OnBodyEnd;
 use crate::forward::UpstreamRecord;
 use crate::gateway::{Gateway, Route, Snapshot};
@@ -44,8 +46,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts a request's accounting (in-flight gauge up, clock started).
-    pub fn begin<B>(gateway: Arc<Gateway>, req: &Request<B>, peer: Peer) -> Self {
+    /// Starts a request's accounting (in-flight gauge up, clock started), its request
+    /// id and its trace context (both put in the request's headers, so plugins and the
+    /// upstream see them).
+    pub fn begin<B>(gateway: Arc<Gateway>, req: &mut Request<B>, peer: Peer) -> Self {
         let snapshot = gateway.snapshot();
         let log = Accounting::start(gateway.clone(), &snapshot, req, peer.ip);
         Self {
@@ -88,28 +92,46 @@ pub struct AccessRecord {
     pub route: Option<Arc<RouteMetrics>>,
     pub upstream: UpstreamRecord,
     pub error: Option<&'static str>,
+    /// The request id (kept or generated), when request ids are on.
+    pub request_id: Option<HeaderValue>,
+    /// Trace ids, and the recorded spans of a sampled request.
+    pub trace: RequestTrace,
 }
 
 impl Accounting {
     fn start<B>(
         gateway: Arc<Gateway>,
         snapshot: &Snapshot,
-        req: &Request<B>,
+        req: &mut Request<B>,
         client_ip: IpAddr,
     ) -> Self {
         gateway.metrics.in_flight.inc();
         let access_log = snapshot.config().server.access_log;
+        let telemetry = &snapshot.plan.telemetry;
+        let trace = RequestTrace::begin(telemetry, req.headers_mut(), telemetry.export.is_some());
+        let request_id = telemetry.request_id_header.as_ref().map(|name| {
+            let id = match req.headers().get(name) {
+                Some(given) if request_id::is_valid(given) => given.clone(),
+                _ => request_id::generate(),
+            };
+            // Also replaces an invalid id, and extra copies of a valid one.
+            req.headers_mut().insert(name.clone(), id.clone());
+            id
+        });
+        let keep_path = access_log || trace.recording.is_some();
         Self(Some(Box::new(AccessRecord {
             gateway,
             access_log,
             start: Instant::now(),
             method: req.method().clone(),
-            path: access_log.then(|| req.uri().path().to_owned()),
+            path: keep_path.then(|| req.uri().path().to_owned()),
             client_ip,
             status: 0,
             route: None,
             upstream: UpstreamRecord::default(),
             error: None,
+            request_id,
+            trace,
         })))
     }
 
@@ -141,12 +163,12 @@ impl Drop for Accounting {
 }
 
 impl OnBodyEnd for AccessRecord {
-    fn on_end(self: Box<Self>, bytes: u64, complete: bool) {
+    fn on_end(mut self: Box<Self>, bytes: u64, complete: bool) {
         let elapsed = self.start.elapsed();
         let route = self
             .route
-            .as_ref()
-            .unwrap_or(&self.gateway.unrouted_metrics);
+            .clone()
+            .unwrap_or_else(|| self.gateway.unrouted_metrics.clone());
         route.record(self.status, elapsed.as_secs_f64());
         self.gateway.metrics.in_flight.dec();
         if self.access_log {
@@ -163,7 +185,37 @@ impl OnBodyEnd for AccessRecord {
                 complete,
                 error = self.error.unwrap_or("-"),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                trace_id = %TraceIdText(self.trace.context.map(|c| c.trace_id)),
             );
+        }
+        let finished = self.trace.finish(RequestEnd {
+            method: &self.method,
+            path: self.path.as_deref().unwrap_or("-"),
+            route: &route.label,
+            upstream: self.upstream.upstream.as_ref(),
+            target: self.upstream.target.as_ref(),
+            status: self.status,
+            error: self.error,
+            retries: self.upstream.attempts.saturating_sub(1),
+            request_id: self.request_id.as_ref(),
+            client: self.client_ip,
+        });
+        if let Some(finished) = finished {
+            self.gateway.tracer.submit(finished);
+        }
+    }
+}
+
+/// A trace id as the access log writes it: 32 hex digits, or `-` (written straight
+/// into the log line, no string made).
+struct TraceIdText(Option<u128>);
+
+impl std::fmt::Display for TraceIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id:032x}"),
+            None => f.write_str("-"),
         }
     }
 }

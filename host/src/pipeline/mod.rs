@@ -50,6 +50,7 @@ use crate::error::GatewayError;
 use crate::forward;
 use crate::gateway::{Gateway, Route};
 use crate::peer::Peer;
+use crate::trace::{ChildKind, ChildStart};
 use crate::websocket;
 pub use exchange::{CLIENT_CLOSED, Exchange};
 pub use redirect::ACME_CHALLENGE_PREFIX;
@@ -104,7 +105,8 @@ async fn exchange(
     req: Request<GatewayBody>,
     peer: Peer,
 ) -> Result<Response<ObservedBody>, Infallible> {
-    let mut ex = Exchange::begin(gateway, &req, peer);
+    let mut req = req;
+    let mut ex = Exchange::begin(gateway, &mut req, peer);
     let outcome = process(&mut ex, req).await;
     Ok(finish(ex, outcome))
 }
@@ -128,11 +130,31 @@ async fn process(
     let Some(chain) = plugins::resolve(ex, &route).await? else {
         return upstream_phases(ex, &route, req).await;
     };
+    let chain_len = chain.len();
     // Boxed: the plugin phases' state is large, and keeping it out of this future
     // keeps every plugin-less request from copying it around.
-    let (req, seen) = next!(Box::pin(plugins::on_request(ex, &route, chain, req)).await?);
+    let span = ex.log.record().trace.start_child();
+    let step = Box::pin(plugins::on_request(ex, &route, chain, req)).await;
+    end_plugin_span(ex, span, "on_request", chain_len);
+    let (req, seen) = next!(step?);
     let response = upstream_phases(ex, &route, req).await?;
-    Box::pin(plugins::on_response(ex, &route, seen, response)).await
+    let span = ex.log.record().trace.start_child();
+    let response = Box::pin(plugins::on_response(ex, &route, seen, response)).await;
+    end_plugin_span(ex, span, "on_response", chain_len);
+    response
+}
+
+/// Ends the child span of a plugin chain's hooks (when the request is recorded).
+fn end_plugin_span(
+    ex: &mut Exchange,
+    span: Option<ChildStart>,
+    hook: &'static str,
+    plugins: usize,
+) {
+    ex.log
+        .record()
+        .trace
+        .end_child(span, || ChildKind::Plugins { hook, plugins });
 }
 
 /// Phases 7 to 11, between the plugins' on-request and on-response hooks.
@@ -159,8 +181,17 @@ async fn upstream_phases(
         Some(cache) => Some(next!(Box::pin(cache::lookup(ex, route, cache, &req)).await)),
         None => None,
     };
-    let record = &mut ex.log.record().upstream;
-    let response = forward::send(&ex.gateway, route, req, &ex.path, &ex.peer, record).await?;
+    let record = ex.log.record();
+    let response = forward::send(
+        &ex.gateway,
+        route,
+        req,
+        &ex.path,
+        &ex.peer,
+        &mut record.upstream,
+        &mut record.trace,
+    )
+    .await?;
     let response = respond::edit_response(route, response);
     match fill {
         Some(fill) => Box::pin(cache::store(fill, response)).await,
@@ -183,7 +214,14 @@ fn finish(
         }
     });
     respond::finish_headers(&mut ex, response.headers_mut());
-    ex.log.record().status = response.status().as_u16();
+    let record = ex.log.record();
+    record.status = response.status().as_u16();
+    if let (Some(name), Some(id)) = (
+        &ex.snapshot.plan.telemetry.request_id_header,
+        &record.request_id,
+    ) {
+        response.headers_mut().insert(name.clone(), id.clone());
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         ex.peer.upgraded.store(true, Ordering::Relaxed);
     }

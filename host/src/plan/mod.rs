@@ -6,6 +6,7 @@
 //! - `routes`    `[[routes]]` → patterns, methods, user keys, rewrites, header edits
 //! - `policy`    traffic-policy tables → limit specs, CORS, value checks
 //! - `discovery` `[cluster.redis]` and `[[discovery]]` → Redis and provider settings
+//! - `telemetry` `[telemetry]` → request id header, sampling bound, export settings
 //!
 //! `fluxgate-host validate`, startup and every hot reload go through [`parse`] (or
 //! [`load_file`]), so they print and apply the same thing.
@@ -14,6 +15,7 @@ mod discovery;
 mod policy;
 mod routes;
 mod settings;
+mod telemetry;
 mod tls;
 mod upstreams;
 
@@ -29,6 +31,7 @@ pub use routes::{RoutePlan, compile_route};
 pub use settings::{
     ClusterSettings, JAVASCRIPT_DEFAULTS, PYTHON_DEFAULTS, PluginLimitsPlan, is_plugin_name,
 };
+pub use telemetry::{ExportSettings, MAX_REQUEST_ID_BYTES, TelemetryPlan, sample_bound};
 pub use tls::{AcmePlan, TlsPlan};
 pub use upstreams::{TargetPlan, UpstreamPlan, compile_upstream};
 
@@ -53,6 +56,8 @@ pub struct Plan {
     pub discovery: Vec<DiscoveryPlan>,
     /// The limits plugin calls run under, per plugin and language.
     pub plugin_limits: PluginLimitsPlan,
+    /// `[telemetry]`: request ids, trace context, span export.
+    pub telemetry: TelemetryPlan,
 }
 
 /// Command-line settings that override the file, applied to every version of it (at
@@ -67,6 +72,8 @@ pub struct Overrides {
     pub join: Vec<String>,
     /// `--tls-port`: replaces `tls.listen`'s port.
     pub tls_port: Option<u16>,
+    /// `--advertise`: replaces `cluster.advertise` (a pod's IP is only known at start).
+    pub advertise: Option<String>,
 }
 
 impl Overrides {
@@ -83,10 +90,16 @@ impl Overrides {
             addr.set_port(port);
             config.server.listen = addr.to_string();
         }
+        if let (Some(advertise), Some(cluster)) = (&self.advertise, &mut config.cluster) {
+            cluster.advertise = Some(advertise.clone());
+        }
         if self.gossip_port.is_none() && self.join.is_empty() {
             return;
         }
         let cluster = config.cluster.get_or_insert_with(Default::default);
+        if let Some(advertise) = &self.advertise {
+            cluster.advertise = Some(advertise.clone());
+        }
         if let Some(port) = self.gossip_port
             && let Ok(mut addr) = cluster.gossip_listen.parse::<SocketAddr>()
         {
@@ -118,6 +131,13 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
         .and_then(|c| c.redis.as_ref())
         .and_then(|r| discovery::compile_redis(r, &mut out));
     let discovery = discovery::compile_discovery(&config.discovery, &mut out);
+    let telemetry = telemetry::compile_telemetry(&config.telemetry, &mut out);
+    if config.server.upgrade_timeout_ms == 0 || config.server.upgrade_timeout_ms > 3_600_000 {
+        out.push(Problem::new(
+            "server.upgrade_timeout_ms",
+            "must be between 1 and 3600000",
+        ));
+    }
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
         if name.is_empty()
@@ -171,6 +191,7 @@ pub fn compile(config: Config) -> Result<Plan, Vec<Problem>> {
             discovery,
             plugin_limits,
             tls,
+            telemetry,
         }),
         _ => Err(out),
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::{Registration, group_name};
@@ -29,7 +29,7 @@ pub async fn answer(
         ("/api/v1/services", &Method::GET | &Method::HEAD) => Ok(list(gateway, snapshot, &req)),
         ("/api/v1/services", _) => Err(not_allowed("/api/v1/services", "GET, HEAD")),
         ("/api/v1/services/register", &Method::POST | &Method::PUT) => {
-            authorize(snapshot, &req, client_ip)?;
+            crate::access::authorize(snapshot, req.headers(), client_ip)?;
             let body = read_body(req).await?;
             let reg = Registration::from_json(&body).map_err(|e| GatewayError::InvalidField {
                 field: e.field,
@@ -49,7 +49,7 @@ pub async fn answer(
             Err(not_allowed("/api/v1/services/register", "POST, PUT"))
         }
         ("/api/v1/services/deregister", &Method::DELETE | &Method::POST) => {
-            authorize(snapshot, &req, client_ip)?;
+            crate::access::authorize(snapshot, req.headers(), client_ip)?;
             let id = instance_id(req).await?;
             if gateway.deregister(&id) {
                 Ok(json_response(
@@ -64,7 +64,7 @@ pub async fn answer(
             Err(not_allowed("/api/v1/services/deregister", "DELETE, POST"))
         }
         ("/api/v1/services/heartbeat", &Method::PUT | &Method::POST) => {
-            authorize(snapshot, &req, client_ip)?;
+            crate::access::authorize(snapshot, req.headers(), client_ip)?;
             let id = instance_id(req).await?;
             gateway.heartbeat(&id)?;
             Ok(json_response(
@@ -78,51 +78,6 @@ pub async fn answer(
 
 fn not_allowed(path: &'static str, allowed: &'static str) -> GatewayError {
     GatewayError::MethodNotAllowed { path, allowed }
-}
-
-/// Loopback clients may write; others need the admin token (server.admin_token or the
-/// FLUXGATE_ADMIN_TOKEN environment variable). No token configured = loopback only.
-fn authorize<B>(
-    snapshot: &Snapshot,
-    req: &Request<B>,
-    client_ip: IpAddr,
-) -> Result<(), GatewayError> {
-    let token = snapshot
-        .config()
-        .server
-        .admin_token
-        .clone()
-        .or_else(|| std::env::var("FLUXGATE_ADMIN_TOKEN").ok());
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    check_write(token.as_deref(), presented, client_ip)
-}
-
-/// The write rule itself: a presented token must be right; without one, loopback only.
-fn check_write(
-    token: Option<&str>,
-    presented: Option<&str>,
-    client_ip: IpAddr,
-) -> Result<(), GatewayError> {
-    match (token.filter(|t| !t.is_empty()), presented) {
-        (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => {
-            Ok(())
-        }
-        (Some(_), Some(_)) => Err(GatewayError::Forbidden("wrong admin token")),
-        _ if client_ip.is_loopback() => Ok(()),
-        (Some(_), None) => Err(GatewayError::Unauthorized),
-        (None, _) => Err(GatewayError::Forbidden(
-            "writes are only accepted from loopback when no admin token is configured",
-        )),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_body(req: Request<GatewayBody>) -> Result<Bytes, GatewayError> {
@@ -165,6 +120,22 @@ fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node": gateway.node_name,
+            "services": services_json(gateway, snapshot, &filters),
+        }),
+    )
+}
+
+/// Live instances grouped by service (filtered by `service`, `version`, `region`),
+/// as `GET /api/v1/services` and the dashboard show them.
+pub fn services_json(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    filters: &[(String, String)],
+) -> BTreeMap<String, Vec<serde_json::Value>> {
     let wanted = |key: &str| filters.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let keep = |service: &str, reg: &Registration| {
         wanted("service").is_none_or(|s| *s == service)
@@ -222,44 +193,5 @@ fn list<B>(gateway: &Gateway, snapshot: &Snapshot, req: &Request<B>) -> Response
                 }));
         }
     }
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "node": gateway.node_name, "services": services }),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_need_loopback_or_the_admin_token() {
-        let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let remote: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(check_write(None, None, local).is_ok());
-        assert!(check_write(Some("t"), None, local).is_ok());
-        assert!(check_write(Some("t"), Some("t"), remote).is_ok());
-        let status = |r: Result<(), GatewayError>| r.unwrap_err().status().as_u16();
-        assert_eq!(status(check_write(None, None, remote)), 403);
-        assert_eq!(status(check_write(None, Some("t"), remote)), 403);
-        assert_eq!(status(check_write(Some("t"), None, remote)), 401);
-        assert_eq!(status(check_write(Some("t"), Some("x"), remote)), 403);
-        assert_eq!(
-            status(check_write(Some("t"), Some("x"), local)),
-            403,
-            "a wrong token is wrong anywhere"
-        );
-        assert_eq!(
-            status(check_write(Some(""), None, remote)),
-            403,
-            "an empty token is no token"
-        );
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
+    services
 }

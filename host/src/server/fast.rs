@@ -145,7 +145,15 @@ pub(super) async fn serve(
     let _ = poll_fn(|cx| Pin::new(&mut lock(&conn).stream).poll_shutdown(cx)).await;
 }
 
-/// Waits for the next complete request head.
+/// How long a connection with nothing on its way must stay quiet, once the gateway
+/// drains, before it is closed.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+
+/// Waits for the next complete request head. When the gateway drains, a request may
+/// already be on its way (a keep-alive client's next one, or the first one of a
+/// connection accepted just before the drain): what arrives within `DRAIN_QUIET` is
+/// still served (its answer says `Connection: close`); a connection quiet that long is
+/// closed.
 async fn read_head(
     conn: &SharedInbound,
     limits: &HeadLimits,
@@ -153,8 +161,9 @@ async fn read_head(
     draining: &mut watch::Receiver<bool>,
 ) -> HeadOutcome {
     let deadline = Instant::now() + timeout;
+    let mut quiet_until: Option<Instant> = None;
     loop {
-        {
+        let buffered = {
             let mut io = lock(conn);
             if !io.buf.is_empty() {
                 match head::parse_request(&mut io.buf, limits) {
@@ -162,27 +171,35 @@ async fn read_head(
                     Ok(None) => {}
                     Err(e) => return HeadOutcome::Refuse(GatewayError::MalformedHead(e)),
                 }
-            } else if *draining.borrow_and_update() {
-                return HeadOutcome::Closed;
             }
+            !io.buf.is_empty()
+        };
+        if quiet_until.is_none() && *draining.borrow_and_update() {
+            quiet_until = Some(Instant::now() + DRAIN_QUIET);
         }
+        // Bytes of a head are here: only the header timeout ends the wait.
+        let until = match quiet_until {
+            Some(quiet) if !buffered => quiet.min(deadline),
+            _ => deadline,
+        };
         let read = poll_fn(|cx| {
             let mut io = lock(conn);
             let io = &mut *io;
             poll_fill(&mut io.stream, &mut io.buf, READ_CHUNK, cx)
         });
         tokio::select! {
-            read = tokio::time::timeout_at(deadline, read) => match read {
+            read = tokio::time::timeout_at(until, read) => match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return HeadOutcome::Closed,
                 Ok(Ok(_)) => {}
                 // Bytes of a head arrived but not all of it: 408. Nothing at all: an
-                // idle keep-alive connection, closed quietly (a client reusing it
-                // could take a 408 as the answer to its next request).
+                // idle keep-alive connection (or a quiet one while draining), closed
+                // quietly (a client reusing it could take a 408 as the answer to its
+                // next request).
                 Err(_) if lock(conn).buf.is_empty() => return HeadOutcome::Closed,
                 Err(_) => return HeadOutcome::Refuse(GatewayError::RequestTimeout),
             },
-            changed = draining.changed() => {
-                if changed.is_err() || lock(conn).buf.is_empty() {
+            changed = draining.changed(), if quiet_until.is_none() => {
+                if changed.is_err() {
                     return HeadOutcome::Closed;
                 }
             }

@@ -100,8 +100,19 @@ async fn serve_loop(
     );
     drop(draining);
     let _ = drain.send(true);
+    // WebSocket tunnels outlive their connection task: they are waited for too.
+    let drained = async {
+        drain.closed().await;
+        if gateway.tunnels.count() > 0 {
+            tracing::info!(
+                tunnels = gateway.tunnels.count(),
+                "waiting for open WebSocket tunnels to close"
+            );
+        }
+        gateway.tunnels.all_closed().await;
+    };
     tokio::select! {
-        () = drain.closed() => tracing::info!("all connections drained"),
+        () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     Ok(())

@@ -136,6 +136,7 @@ impl TestGateway {
             overrides: Overrides::default(),
             listener: Some(listener),
             tls_listener,
+            inherited: Default::default(),
         })
         .await
         .expect("gateway starts");
@@ -143,6 +144,7 @@ impl TestGateway {
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(running.serve(async {
             let _ = rx.await;
+            launch::Stop::Shutdown
         }));
         Self {
             addr,
