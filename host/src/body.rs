@@ -32,18 +32,7 @@ pin_project! {
     }
 }
 
-/// Why a body could not be read to its end.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error(transparent)]
-    Hyper(#[from] hyper::Error),
-    #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("chunked body: {0}")]
-    Chunked(#[from] crate::h1::ChunkError),
-    #[error("the connection closed before the body ended")]
-    Incomplete,
-}
+pub use crate::body_error::BodyError;
 
 /// What [`read_up_to`] got.
 pub enum Collected {

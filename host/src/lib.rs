@@ -5,7 +5,10 @@
 //! `upstream` → `policy`; all of them may use the leaves below.
 //! - `launch`    one startup path (binary and tests): listener, gateway, gossip,
 //!   plugin folder, config watcher; `run` serves until shutdown
-//! - `server`    accept loops (plain, TLS), HTTP/1.1 and HTTP/2 connections, drain
+//! - `server`    accept loops (plain, TLS) per worker, HTTP/1.1 (our codec) and HTTP/2
+//!   (hyper) connections, drain; `worker` per-worker state
+//! - `h1`        the HTTP/1.1 codec (httparse + bytes): heads, framing, chunked,
+//!   client and upstream connections; `http_upgrade` a client connection after a 101
 //! - `tls`       TLS termination (SNI, ALPN, reloaded certificates), TLS to upstreams
 //! - `pipeline`  the ordered request path, one `Exchange` per request: limits → own
 //!   endpoints → normalise → route → CORS preflight → plugins on-request → rate
@@ -19,7 +22,8 @@
 //! - `plan`      the config compiled once: every check yields the typed value built
 //!   from (validate, startup and reload share it)
 //! - `config`    gateway.toml schema and parsing with key paths
-//! - `upstream`  upstream groups, target counters, pooled client, health probes
+//! - `upstream`  upstream groups, target counters, our HTTP/1.1 client with per-worker
+//!   pools, hyper's client for HTTP/2, health probes
 //! - `policy`    rate limits, breaker, retries, cache, health verdicts, CORS (state
 //!   machines with time passed in)
 //! - `plugins`   WebAssembly plugins: bindings, engine, instance pools, chains, folder watch
@@ -34,7 +38,8 @@
 //! - `headers`   hop-by-hop removal, X-Forwarded-*; `rewrite` path and header edits
 //! - `peer`      the client end of a connection; `sockets` listening sockets
 //! - `metrics`   Prometheus registry; `memory` allocator settings and release
-//! - `body`      body types, the one bounded reader, the end-of-response hook
+//! - `body`      body types, the one bounded reader, the end-of-response hook;
+//!   `body_error` why a body failed
 //! - `error`     GatewayError and its one conversion to a JSON response
 //! - `reload`    config file watcher; `dir_watch` debounced folder watching
 //! - `telemetry` log setup (`log_file` the file reopened on SIGHUP); `trace` request
@@ -47,6 +52,7 @@ pub mod admin;
 pub mod balancer;
 pub mod binary_upgrade;
 pub mod body;
+pub mod body_error;
 pub mod carry;
 pub mod cluster;
 pub mod cluster_limit;

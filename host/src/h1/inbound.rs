@@ -12,7 +12,7 @@ use http_body::{Frame, SizeHint};
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::BodyFraming;
 use super::stream::{Stream, poll_fill, poll_write_all};
-use crate::body::BodyError;
+use crate::body_error::BodyError;
 
 /// Read size for bodies and heads.
 pub const READ_CHUNK: usize = 16 * 1024;

@@ -16,7 +16,7 @@ use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::ResponseFraming;
 use super::inbound::READ_CHUNK;
 use super::stream::{Stream, poll_fill};
-use crate::body::BodyError;
+use crate::body_error::BodyError;
 
 /// One connection to a target, with its buffers (reused for every request on it).
 pub struct Outbound {
