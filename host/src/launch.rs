@@ -19,7 +19,7 @@ use crate::plan::TlsPlan;
 use crate::plan::{Overrides, Plan};
 use crate::plugins::watch::PluginWatcher;
 use crate::reload::ConfigWatcher;
-use crate::server::Listeners;
+use crate::server::{Listeners, WorkerListeners};
 use crate::tls::{CertStore, Terminator, TerminatorSettings, TlsListener};
 use crate::{cluster, discovery, plugins, reload, sockets};
 
@@ -112,6 +112,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         (None, Some(tls)) => Some(take_or_bind(&mut inherited, handoff::TLS, tls.listen)?),
         (None, None) => None,
     };
+    let workers = worker_listeners(&mut inherited, &listener, tls_listener.as_ref())?;
     let gossip = match plan.cluster.as_ref().filter(|c| c.gossip) {
         Some(settings) => Some(take_or_bind_gossip(&mut inherited, settings.gossip_listen)?),
         None => None,
@@ -128,6 +129,16 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         handoff
             .add(handoff::TLS, tls)
             .map_err(StartError::Handoff)?;
+    }
+    for worker in &workers {
+        handoff
+            .add(handoff::HTTP, &worker.plain)
+            .map_err(StartError::Handoff)?;
+        if let Some(tls) = &worker.tls {
+            handoff
+                .add(handoff::TLS, tls)
+                .map_err(StartError::Handoff)?;
+        }
     }
     if let Some((tcp, udp)) = &gossip {
         handoff
@@ -200,6 +211,7 @@ pub async fn start(launch: Launch) -> Result<Running, StartError> {
         listeners: Listeners {
             plain: listener,
             tls,
+            workers,
         },
         cluster,
         providers,
@@ -308,6 +320,50 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         sockets::ACCEPT_BACKLOG,
         reuse_port,
     )?)
+}
+
+/// The listeners of workers 1..N (`server.workers`): inherited from the process this
+/// one replaces when it handed them over, else SO_REUSEPORT siblings of worker 0's
+/// (or worker 0's own socket shared, when it was bound without SO_REUSEPORT by
+/// someone else, as tests do).
+fn worker_listeners(
+    inherited: &mut Inherited,
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+) -> Result<Vec<WorkerListeners>, StartError> {
+    let extra = crate::worker::count().saturating_sub(1);
+    let mut workers = Vec::with_capacity(extra);
+    for _ in 0..extra {
+        workers.push(WorkerListeners {
+            plain: inherited_or_sibling(inherited, handoff::HTTP, plain)?,
+            tls: match tls {
+                Some(tls) => Some(inherited_or_sibling(inherited, handoff::TLS, tls)?),
+                None => None,
+            },
+        });
+    }
+    Ok(workers)
+}
+
+fn inherited_or_sibling(
+    inherited: &mut Inherited,
+    label: &str,
+    first: &TcpListener,
+) -> Result<std::net::TcpListener, StartError> {
+    let addr = first.local_addr().map_err(|source| StartError::Listen {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let listen_error = |source| StartError::Listen { addr, source };
+    if let Some(socket) = inherited.take(label, addr) {
+        return Ok(socket.into());
+    }
+    let first = std::net::TcpListener::from(
+        std::os::fd::AsFd::as_fd(first)
+            .try_clone_to_owned()
+            .map_err(listen_error)?,
+    );
+    sockets::sibling(&first, sockets::ACCEPT_BACKLOG).map_err(listen_error)
 }
 
 /// The inherited listener labelled `label` for `addr`, else a new one.

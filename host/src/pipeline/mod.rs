@@ -246,7 +246,7 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         println!("per-request future: {size} bytes");
         // 4144 bytes before the restructure of issue 10, 3848 after, 4304 with the HTTP/1
-        // fast path of issue 13 (dev profile).
-        assert!(size <= 4608, "the per-request future grew to {size} bytes");
+        // fast path of issue 13, 4712 with the trace context of issue 14 (dev profile).
+        assert!(size <= 4864, "the per-request future grew to {size} bytes");
     }
 }

@@ -31,8 +31,17 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the gateway accepts connections on.
 pub struct Listeners {
+    /// Worker 0's.
     pub plain: TcpListener,
     pub tls: Option<TlsListener>,
+    /// Workers 1..N's (bound or inherited at launch, so an upgrade hands them over).
+    pub workers: Vec<WorkerListeners>,
+}
+
+/// The listening sockets of one extra worker: its runtime registers them.
+pub struct WorkerListeners {
+    pub plain: std::net::TcpListener,
+    pub tls: Option<std::net::TcpListener>,
 }
 
 /// Serves the listeners until `shutdown` completes, then stops accepting and waits up
@@ -44,7 +53,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (stop, stopping) = watch::channel(false);
-    let extra = workers::spawn(&listeners, &gateway, crate::worker::count(), &stopping)?;
+    let Listeners {
+        plain,
+        tls,
+        workers,
+    } = listeners;
+    let terminator = tls.as_ref().map(|tls| tls.terminator.clone());
+    let extra = workers::spawn(workers, terminator, &gateway, &stopping)?;
+    let listeners = Listeners {
+        plain,
+        tls,
+        workers: Vec::new(),
+    };
     let shutdown = async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -69,7 +89,7 @@ async fn serve_loop(
         .metrics
         .worker_connections
         .with_label_values(&[&crate::worker::index().to_string()]);
-    let Listeners { plain, tls } = listeners;
+    let Listeners { plain, tls, .. } = listeners;
     loop {
         tokio::select! {
             accepted = plain.accept() => match accepted {

@@ -1,8 +1,8 @@
 //! `server.workers = N`: N single-threaded event loops, as nginx's workers. The loop
 //! the gateway starts on is worker 0 (it also runs the background tasks: gossip,
 //! probes, watchers); workers 1..N each get a thread, a current-thread runtime and
-//! their own listener (an SO_REUSEPORT sibling), and serve connections start to end
-//! on that thread: no work stealing on the data path.
+//! their own listeners (SO_REUSEPORT siblings bound or inherited at launch), and serve
+//! connections start to end on that thread: no work stealing on the data path.
 
 use std::io;
 use std::sync::Arc;
@@ -10,9 +10,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use super::{Listeners, serve_loop};
+use super::{Listeners, WorkerListeners, serve_loop};
 use crate::gateway::Gateway;
-use crate::sockets;
 use crate::tls::{Terminator, TlsListener};
 
 /// The extra workers; each reports on its channel once it has drained.
@@ -29,24 +28,21 @@ impl Extra {
     }
 }
 
-/// Starts workers `1..count` on `listeners`' addresses; they stop when `stop` turns
-/// true.
+/// Starts workers `1..N` on their listeners; they stop when `stop` turns true.
 pub(super) fn spawn(
-    listeners: &Listeners,
+    workers: Vec<WorkerListeners>,
+    terminator: Option<Terminator>,
     gateway: &Arc<Gateway>,
-    count: usize,
     stop: &watch::Receiver<bool>,
 ) -> io::Result<Extra> {
     let mut done = Vec::new();
-    for index in 1..count {
-        let plain = sockets::sibling(&as_std(&listeners.plain)?, sockets::ACCEPT_BACKLOG)?;
-        let tls = match &listeners.tls {
-            Some(tls) => Some((
-                sockets::sibling(&as_std(&tls.listener)?, sockets::ACCEPT_BACKLOG)?,
-                tls.terminator.clone(),
-            )),
-            None => None,
+    for (index, listeners) in workers.into_iter().enumerate() {
+        let index = index + 1;
+        let tls = match (listeners.tls, &terminator) {
+            (Some(listener), Some(terminator)) => Some((listener, terminator.clone())),
+            _ => None,
         };
+        let plain = listeners.plain;
         let (report, finished) = oneshot::channel();
         let (gateway, stop) = (gateway.clone(), stop.clone());
         std::thread::Builder::new()
@@ -55,14 +51,6 @@ pub(super) fn spawn(
         done.push(finished);
     }
     Ok(Extra { done })
-}
-
-/// A borrowed view of a tokio listener as a std one (for `sockets::sibling`).
-fn as_std(listener: &TcpListener) -> io::Result<std::net::TcpListener> {
-    use std::os::fd::AsFd;
-    Ok(std::net::TcpListener::from(
-        listener.as_fd().try_clone_to_owned()?,
-    ))
 }
 
 /// One extra worker's thread: its runtime, its accept loop, until stopped and drained.
@@ -116,5 +104,6 @@ fn listeners(
             }),
             None => None,
         },
+        workers: Vec::new(),
     })
 }
