@@ -62,8 +62,10 @@ const MEASURED: usize = 2_000;
 
 /// Allocations per proxied GET (keep-alive both sides, 1 KiB answer, access log off).
 /// Measured at 21 before header maps were given room for added fields and field
-/// positions went on the stack, 14 after; the bound leaves a little room.
-const BUDGET_PER_REQUEST: f64 = 16.0;
+/// positions went on the stack, 14 after, 17 with the request id and trace context of
+/// issue 14 (the generated X-Request-ID, and the traceparent sent upstream); the bound
+/// leaves a little room.
+const BUDGET_PER_REQUEST: f64 = 19.0;
 
 /// A keep-alive upstream on its own thread: reads each head, answers 1 KiB.
 fn upstream() -> std::net::SocketAddr {
