@@ -1135,3 +1135,39 @@ async fn a_client_s_malformed_chunked_body_does_not_count_against_the_target() {
         "{answer:?}"
     );
 }
+
+/// HTTP/1.0 keep-alive: a 1.0 client that asks for it keeps its connection (each answer
+/// says `connection: keep-alive` and carries a length, never chunked coding, which 1.0
+/// does not know); one that does not ask gets its answer and a closed connection.
+#[tokio::test]
+async fn http_1_0_keep_alive_is_kept_only_when_asked_for() {
+    // An upstream answering with a length (a 1.0 client cannot be kept without one).
+    let up = RawUpstream::start(|seen: &Seen| {
+        Act::Reply(answer("200 OK", "", &format!("saw {}", seen.target())))
+    })
+    .await;
+    let gw = gateway_to(up.addr, "").await;
+    let mut conn = RawClient::connect(gw.addr).await;
+    for i in 0..2 {
+        let request = format!("GET /ka/{i} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+        conn.send(request.as_bytes()).await;
+        let answer = conn.answer(false).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.header("connection"), ["keep-alive"], "{answer:?}");
+        assert!(
+            answer.header("transfer-encoding").is_empty(),
+            "no chunked coding to a 1.0 client: {answer:?}"
+        );
+        assert_eq!(answer.text(), format!("saw /ka/{i}"), "{answer:?}");
+    }
+    conn.send(b"GET /ka/last HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    let answer = conn.answer(false).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("connection"), ["close"], "{answer:?}");
+    let (rest, closed) = conn.rest_until_close(Duration::from_secs(3)).await;
+    assert!(
+        closed,
+        "a 1.0 request without keep-alive leaves the connection open"
+    );
+    assert_eq!(rest, "");
+}
