@@ -433,20 +433,21 @@ async fn registrations_reach_every_fluxgate_node_with_a_go_member_among_ten() {
             "",
         ));
     }
+    // The Go node's own list counts too: it may learn the last joiner a little after
+    // the FluxGate nodes do (under a loaded CI machine it once lagged the check).
     let formed = within(
         Duration::from_secs(30),
-        "ten alive on every node",
+        "ten alive on every node, the Go node included",
         async || {
             for node in &nodes {
                 if alive_members(&c, node).await != 10 {
                     return false;
                 }
             }
-            true
+            go.members().len() == 10
         },
     )
     .await;
-    assert_eq!(go.members().len(), 10);
     eprintln!("9 FluxGate + 1 memberlist node formed in {formed:?}");
 
     let mut spread = Vec::new();
