@@ -123,22 +123,31 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
-/// Parses a request head at the start of `buf`. `Ok(None)`: more bytes are needed.
-/// On success the head's bytes are taken off `buf`.
-pub fn parse_request(
-    buf: &mut BytesMut,
+/// httparse's field slots for `$max` fields: on the stack up to `STACK_FIELDS`, else
+/// on the heap (a macro: the slots must outlive the parse in the caller's frame).
+macro_rules! field_slots {
+    ($stack:ident, $heap:ident, $max:expr) => {{
+        let max: usize = $max;
+        if max <= STACK_FIELDS {
+            $stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+            &mut $stack[..max]
+        } else {
+            $heap = vec![httparse::EMPTY_HEADER; max];
+            &mut $heap[..]
+        }
+    }};
+}
+
+/// The length of a complete head httparse found, checked against the size limit and
+/// for bare LFs; `None` while incomplete (`partial` says whether that is already too
+/// long).
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buf: &BytesMut,
     limits: &HeadLimits,
-) -> Result<Option<RequestHead>, HeadError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_FIELDS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        &mut heap
-    };
-    let mut req = httparse::Request::new(fields);
-    let len = match req.parse(buf) {
+    partial: impl FnOnce(&BytesMut, &HeadLimits) -> Result<(), HeadError>,
+) -> Result<Option<usize>, HeadError> {
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return partial(buf, limits).map(|()| None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
@@ -148,11 +157,32 @@ pub fn parse_request(
         return Err(HeadError::HeadTooLarge);
     }
     check_line_endings(&buf[..len])?;
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err(HeadError::Malformed),
+    Ok(Some(len))
+}
+
+/// HTTP/1.0 or HTTP/1.1, from httparse's minor version.
+fn http_version(minor: Option<u8>) -> Result<Version, HeadError> {
+    match minor {
+        Some(0) => Ok(Version::HTTP_10),
+        Some(1) => Ok(Version::HTTP_11),
+        _ => Err(HeadError::Malformed),
+    }
+}
+
+/// Parses a request head at the start of `buf`. `Ok(None)`: more bytes are needed.
+/// On success the head's bytes are taken off `buf`.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &HeadLimits,
+) -> Result<Option<RequestHead>, HeadError> {
+    let (mut stack, mut heap);
+    let fields = field_slots!(stack, heap, limits.max_headers);
+    let mut req = httparse::Request::new(fields);
+    let parsed = req.parse(buf);
+    let Some(len) = head_len(parsed, buf, limits, partial)? else {
+        return Ok(None);
     };
+    let version = http_version(req.version)?;
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::BadMethod)?;
     let target = req.path.unwrap_or("");
@@ -401,36 +431,21 @@ pub fn parse_response(
     method: &Method,
     limits: &HeadLimits,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_FIELDS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        &mut heap
-    };
+    let (mut stack, mut heap);
+    let fields = field_slots!(stack, heap, limits.max_headers);
     let mut res = httparse::Response::new(fields);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head_bytes {
-                Err(HeadError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
+    let parsed = res.parse(buf);
+    let partial = |buf: &BytesMut, limits: &HeadLimits| {
+        if buf.len() > limits.max_head_bytes {
+            Err(HeadError::HeadTooLarge)
+        } else {
+            Ok(())
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(_) => return Err(HeadError::Malformed),
     };
-    if len > limits.max_head_bytes {
-        return Err(HeadError::HeadTooLarge);
-    }
-    check_line_endings(&buf[..len])?;
-    let version = match res.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err(HeadError::Malformed),
+    let Some(len) = head_len(parsed, buf, limits, partial)? else {
+        return Ok(None);
     };
+    let version = http_version(res.version)?;
     let status = res
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())

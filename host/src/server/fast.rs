@@ -107,22 +107,11 @@ pub(super) async fn serve(
         if *draining.borrow() || lock(&conn).continue_unsent() {
             keep_alive = false;
         }
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(upgrade_to) = upgrade_to {
-                let written = write_response(
-                    &conn,
-                    &mut out,
-                    response,
-                    method_is_head,
-                    client_version,
-                    true,
-                )
-                .await;
-                if written.is_ok() {
-                    hand_over(conn, upgrade_to);
-                }
-                return;
-            }
+        // A 101 on a connection that asked for an upgrade hands it to the tunnel (its
+        // answer keeps the connection open, draining or not); any other 101 closes it.
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        let tunnel = upgrade_to.filter(|_| switching);
+        if switching && tunnel.is_none() {
             keep_alive = false;
         }
         let written = write_response(
@@ -131,9 +120,15 @@ pub(super) async fn serve(
             response,
             method_is_head,
             client_version,
-            keep_alive,
+            tunnel.is_some() || keep_alive,
         )
         .await;
+        if let Some(upgrade_to) = tunnel {
+            if written.is_ok() {
+                hand_over(conn, upgrade_to);
+            }
+            return;
+        }
         match written {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
